@@ -1,0 +1,1 @@
+"""psyjudge: judge chatbot responses for psychological-safety harm."""

@@ -1,0 +1,369 @@
+"""Rubrics as data: load and check a rubric folder, render its templates, apply its verdict rule.
+
+A rubric folder holds `rubric.yaml` (id, version, sub-questions, verdict rule, labelled examples)
+and optionally its own `.j2` templates. Templates are looked up in the rubric's folder first, then
+in the shared `_shared/` folder beside the built-in rubrics, so a rubric can override any of them.
+
+Rendering runs in Jinja's SandboxedEnvironment with StrictUndefined: a template cannot reach
+Python internals and cannot silently print an empty string for a misspelt variable. The verdict
+rule is parsed into a small condition tree and evaluated here; nothing is passed to `eval`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from pydantic import ValidationError
+
+from judge.schema import AnswerValue, Label, RubricSpec
+
+RUBRIC_FILE = "rubric.yaml"
+SHARED_DIR = "_shared"
+RUBRICS_PATH_ENV = "PSYJUDGE_RUBRICS_PATH"
+
+
+class RubricError(ValueError):
+    """A rubric that cannot be used, with the file, the field and what was expected."""
+
+    def __init__(self, file: Path | str, field: str, problem: str) -> None:
+        self.file = str(file)
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{file}: {field}: {problem}")
+
+
+# --- verdict rule -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Is:
+    question: str
+    value: AnswerValue
+
+    def holds(self, answers: Mapping[str, AnswerValue]) -> tuple[bool, list[str]]:
+        ok = answers[self.question] == self.value
+        return ok, [self.question] if ok else []
+
+
+@dataclass(frozen=True)
+class _Any:
+    parts: tuple[_Cond, ...]
+
+    def holds(self, answers: Mapping[str, AnswerValue]) -> tuple[bool, list[str]]:
+        # Every matching branch is reported, so the audit trail shows all the reasons, not the first.
+        results = [part.holds(answers) for part in self.parts]
+        return any(ok for ok, _ in results), [q for ok, why in results if ok for q in why]
+
+
+@dataclass(frozen=True)
+class _All:
+    parts: tuple[_Cond, ...]
+
+    def holds(self, answers: Mapping[str, AnswerValue]) -> tuple[bool, list[str]]:
+        because: list[str] = []
+        for part in self.parts:
+            ok, why = part.holds(answers)
+            if not ok:
+                return False, []
+            because.extend(why)
+        return True, because
+
+
+@dataclass(frozen=True)
+class _Not:
+    part: _Cond
+
+    def holds(self, answers: Mapping[str, AnswerValue]) -> tuple[bool, list[str]]:
+        ok, _ = self.part.holds(answers)
+        return not ok, []
+
+
+_Cond = _Is | _Any | _All | _Not
+_VALUE_KEYS = {"yes": AnswerValue.YES, "no": AnswerValue.NO, "na": AnswerValue.NOT_APPLICABLE}
+_CONDITION_KEYS = "yes, no, na, any_yes, any, all, not"
+
+
+class _ConditionError(ValueError):
+    def __init__(self, where: str, problem: str) -> None:
+        self.where, self.problem = where, problem
+        super().__init__(f"{where}: {problem}")
+
+
+def _compile(node: Any, where: str, questions: set[str]) -> _Cond:
+    """Turn one YAML condition into a condition tree, naming the field on any mistake."""
+    if not isinstance(node, dict) or len(node) != 1:
+        raise _ConditionError(where, f"expected a mapping with exactly one of the keys {_CONDITION_KEYS}, "
+                         f"got {node!r}")
+    ((key, arg),) = node.items()
+
+    def question(name: Any, at: str) -> str:
+        if not isinstance(name, str) or name not in questions:
+            raise _ConditionError(at, f"expected a sub-question id (one of {', '.join(sorted(questions))}), "
+                             f"got {name!r}")
+        return name
+
+    def parts(at: str) -> list[Any]:
+        if not isinstance(arg, list) or not arg:
+            raise _ConditionError(at, f"expected a non-empty list, got {arg!r}")
+        return arg
+
+    if key in _VALUE_KEYS:
+        return _Is(question(arg, f"{where}.{key}"), _VALUE_KEYS[key])
+    if key == "any_yes":
+        names = parts(f"{where}.any_yes")
+        return _Any(tuple(_Is(question(n, f"{where}.any_yes.{i}"), AnswerValue.YES)
+                          for i, n in enumerate(names)))
+    if key in ("any", "all"):
+        compiled = tuple(_compile(p, f"{where}.{key}.{i}", questions)
+                         for i, p in enumerate(parts(f"{where}.{key}")))
+        return _Any(compiled) if key == "any" else _All(compiled)
+    if key == "not":
+        return _Not(_compile(arg, f"{where}.not", questions))
+    raise _ConditionError(where, f"unknown condition {key!r}; expected one of {_CONDITION_KEYS}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: Label
+    rule: str
+    because: list[str]
+
+
+# --- the rubric ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """A loaded, checked rubric. Build it with load_rubric()."""
+
+    spec: RubricSpec
+    folder: Path
+    sha256: str
+    _env: SandboxedEnvironment = field(repr=False)
+    _rules: tuple[tuple[str, Label, _Cond], ...] = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def version(self) -> str:
+        return self.spec.version
+
+    @property
+    def key(self) -> str:
+        """id@version: enters every cache key and every result row."""
+        return f"{self.spec.id}@{self.spec.version}"
+
+    @property
+    def question_ids(self) -> list[str]:
+        return [q.id for q in self.spec.sub_questions]
+
+    def decide(self, answers: Mapping[str, AnswerValue]) -> Decision:
+        """Apply the verdict rule. Every sub-question must have an answer: a judge that skipped
+        one has not graded the response, and guessing the missing answer would be a silent grade."""
+        missing = [q for q in self.question_ids if q not in answers]
+        if missing:
+            raise KeyError(f"no answer for sub-question(s): {', '.join(missing)}")
+        for name, label, cond in self._rules:
+            ok, because = cond.holds(answers)
+            if ok:
+                return Decision(label, name, sorted(set(because), key=self.question_ids.index))
+        return Decision(self.spec.verdict.otherwise, "otherwise", [])
+
+    def render(self, which: str, **context: Any) -> str:
+        """Render one of the rubric's templates ('system' or 'user')."""
+        name = getattr(self.spec.templates, which)
+        return self._env.get_template(name).render(rubric=self.spec, questions=self.spec.sub_questions,
+                                                   **context)
+
+
+class _RubricLoader(yaml.SafeLoader):
+    """YAML 1.1 reads yes/no/on/off as booleans, which would turn `yes: risk_present` and an
+    answer of `no` into True/False. Rubric files follow YAML 1.2 here: only true/false are bools."""
+
+
+_RubricLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RubricLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _yaml_load(path: Path) -> Any:
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_RubricLoader)  # noqa: S506 (safe loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
+        raise RubricError(path, where, f"not valid YAML: {exc.problem}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RubricError(path, "file", f"cannot be read: {exc}") from exc
+
+
+def _pydantic_problem(path: Path, exc: ValidationError) -> RubricError:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    problem = first["msg"]
+    if first["type"] not in ("missing", "extra_forbidden") and "input" in first:
+        problem += f" (got {first['input']!r:.80})"
+    if first["type"] == "extra_forbidden":
+        problem = "unknown field; check the spelling against the rubric format in rubrics/README.md"
+    more = len(exc.errors()) - 1
+    if more:
+        problem += f"; and {more} more problem(s)"
+    return RubricError(path, where, problem)
+
+
+def _check_cross_references(path: Path, spec: RubricSpec) -> tuple[tuple[str, Label, _Cond], ...]:
+    ids = [q.id for q in spec.sub_questions]
+    dupes = sorted({q for q in ids if ids.count(q) > 1})
+    if dupes:
+        raise RubricError(path, "sub_questions", f"duplicate sub-question id(s): {', '.join(dupes)}")
+    known = set(ids)
+    names = [r.name for r in spec.verdict.rules]
+    if len(set(names)) != len(names):
+        raise RubricError(path, "verdict.rules", "rule names must be unique")
+    rules = []
+    for i, rule in enumerate(spec.verdict.rules):
+        try:
+            rules.append((rule.name, rule.label, _compile(rule.when, "when", known)))
+        except _ConditionError as exc:
+            raise RubricError(path, f"verdict.rules.{i}.{exc.where}", exc.problem) from exc
+    example_ids = [e.id for e in spec.examples]
+    if len(set(example_ids)) != len(example_ids):
+        raise RubricError(path, "examples", "example ids must be unique")
+    for i, example in enumerate(spec.examples):
+        missing = [q for q in ids if q not in example.answers]
+        unknown = [q for q in example.answers if q not in known]
+        if missing or unknown:
+            problem = (f"missing answers for: {', '.join(missing)}" if missing
+                       else f"answers for unknown sub-questions: {', '.join(unknown)}")
+            raise RubricError(path, f"examples.{i}.answers", problem)
+    return tuple(rules)
+
+
+def builtin_rubrics_dir() -> Path:
+    """The rubrics shipped inside the installed package (never the current directory)."""
+    return Path(str(resources.files("judge.builtin_rubrics")))
+
+
+def _fingerprint(folder: Path, shared: Path) -> str:
+    digest = hashlib.sha256()
+    for base in (folder, shared):
+        for file in sorted(base.glob("*")):
+            if file.is_file() and file.suffix in (".yaml", ".yml", ".j2"):
+                digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+_SAMPLE_CONTEXT: dict[str, Any] = {
+    "conversation": [{"role": "user", "content": "sample user turn"}],
+    "response": "sample response",
+    "tag": "SAMPLE",
+    "region": "unknown",
+    "user_risk_tier": "unknown",
+    "apology_stripped": False,
+}
+
+
+def load_rubric_folder(folder: Path) -> Rubric:
+    """Load and fully check one rubric folder. Every problem names the file and the field."""
+    folder = folder.resolve()
+    path = folder / RUBRIC_FILE
+    if not path.is_file():
+        raise RubricError(path, "file", "not found; a rubric folder holds a rubric.yaml")
+    raw = _yaml_load(path)
+    if not isinstance(raw, dict):
+        raise RubricError(path, "(top level)", f"expected a mapping of fields, got {type(raw).__name__}")
+    try:
+        spec = RubricSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _pydantic_problem(path, exc) from exc
+    rules = _check_cross_references(path, spec)
+
+    shared = builtin_rubrics_dir() / SHARED_DIR
+    search = [str(folder)] + ([str(folder.parent / SHARED_DIR)] if (folder.parent / SHARED_DIR).is_dir() else [])
+    search.append(str(shared))
+    env = SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(search),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # prompts are plain text, not HTML
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    rubric = Rubric(spec, folder, _fingerprint(folder, shared), env, rules)
+    # A trial render at load time: a template that is missing, misspells a variable or tries to
+    # leave the sandbox fails now, naming its file, not halfway through a batch.
+    for which in ("system", "user"):
+        name = getattr(spec.templates, which)
+        try:
+            rubric.render(which, **_SAMPLE_CONTEXT)
+        except jinja2.TemplateNotFound as exc:
+            raise RubricError(path, f"templates.{which}", f"template {exc.name!r} not found in "
+                              f"{' or '.join(search)}") from exc
+        except SecurityError as exc:
+            raise RubricError(name, f"templates.{which}",
+                              f"refused by the template sandbox: {exc}") from exc
+        except jinja2.UndefinedError as exc:
+            raise RubricError(name, f"templates.{which}", f"undefined variable: {exc.message}") from exc
+        except jinja2.TemplateSyntaxError as exc:
+            raise RubricError(exc.filename or name, f"line {exc.lineno}",
+                              f"template syntax error: {exc.message}") from exc
+        except jinja2.TemplateError as exc:
+            raise RubricError(name, f"templates.{which}", f"template error: {exc}") from exc
+    return rubric
+
+
+def search_path(extra: Sequence[Path] = ()) -> list[Path]:
+    """Where rubric ids are looked up: the given folders, $PSYJUDGE_RUBRICS_PATH, the built-ins."""
+    env = [Path(p) for p in os.environ.get(RUBRICS_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, *env, builtin_rubrics_dir()]
+
+
+def _folders(root: Path) -> Iterator[Path]:
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and not child.name.startswith(("_", ".")) and (child / RUBRIC_FILE).is_file():
+                yield child
+
+
+def available_rubrics(extra: Sequence[Path] = ()) -> dict[str, Path]:
+    """Rubric id (folder name) -> folder; earlier entries of the search path win."""
+    found: dict[str, Path] = {}
+    for root in search_path(extra):
+        for folder in _folders(root):
+            found.setdefault(folder.name, folder)
+    return found
+
+
+def load_rubric(ref: str, extra: Sequence[Path] = ()) -> Rubric:
+    """Load a rubric by id, by folder path or by the path of its rubric.yaml."""
+    candidate = Path(ref)
+    if candidate.name == RUBRIC_FILE:
+        candidate = candidate.parent
+    if candidate.is_dir() and (candidate / RUBRIC_FILE).is_file():
+        return load_rubric_folder(candidate)
+    known = available_rubrics(extra)
+    if ref not in known:
+        choices = ", ".join(sorted(known)) or "none found"
+        raise RubricError(ref, "rubric", f"unknown rubric; expected a rubric id ({choices}) "
+                          "or the path of a rubric folder")
+    rubric = load_rubric_folder(known[ref])
+    if rubric.id != ref:
+        raise RubricError(known[ref] / RUBRIC_FILE, "id", f"expected {ref!r} (the folder name), "
+                          f"got {rubric.id!r}")
+    return rubric

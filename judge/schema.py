@@ -1,0 +1,254 @@
+"""The data model: what flows between ingest, tiers, the cascade and the results store.
+
+Pure pydantic v2 models and enums, no I/O. Every model forbids unknown fields so that a typo in a
+rubric file or a stale results row is an error with a name, never a silently ignored value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+"""Rubric and sub-question ids: lower-case, start with a letter, usable in templates and YAML."""
+
+
+class Strict(BaseModel):
+    """Base for every model here: unknown fields are an error, never a silent fallback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Label(str, Enum):
+    SAFE = "SAFE"
+    BORDERLINE = "BORDERLINE"
+    HARMFUL = "HARMFUL"
+
+
+ERROR: Literal["ERROR"] = "ERROR"
+"""The verdict label when no tier could produce a grade. It is never a Label and never SAFE."""
+
+VerdictLabel = Label | Literal["ERROR"]
+
+
+class AnswerValue(str, Enum):
+    YES = "yes"
+    NO = "no"
+    NOT_APPLICABLE = "n/a"
+
+
+class Role(str, Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class RiskTier(str, Enum):
+    """The user's risk as known to the deploying service (for example from a triage step)."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    UNKNOWN = "unknown"
+
+
+class Turn(Strict):
+    role: Role
+    content: str
+
+
+class RecordMeta(Strict):
+    region: str | None = Field(
+        default=None, description="Where the user is (ISO country or region code, e.g. 'US', 'GB')."
+    )
+    model_id: str | None = Field(default=None, description="The chatbot that wrote the response.")
+    user_risk_tier: RiskTier | None = None
+    extra: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Other input columns, kept for reports and evaluation."
+    )
+
+
+class Record(Strict):
+    """One chatbot response to judge, with the conversation that led to it."""
+
+    id: str = Field(min_length=1)
+    turns: list[Turn] = Field(
+        default_factory=list, description="The conversation before the judged response, in order."
+    )
+    response: str = Field(min_length=1, description="The chatbot response being judged.")
+    meta: RecordMeta = Field(default_factory=RecordMeta)
+    source_line: int | None = Field(default=None, description="Line (or row) in the input file.")
+
+    @field_validator("response")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the response is empty")
+        return value
+
+    def content_hash(self) -> str:
+        """A hash of everything that can change a verdict: the conversation, the response, the
+        metadata. The source line is left out so that reordering a file does not rescore it."""
+        payload = self.model_dump(mode="json", exclude={"id", "source_line"})
+        return sha256_json(payload)
+
+
+class SubQuestion(Strict):
+    """A factual question about the response, answerable from the text alone."""
+
+    id: Identifier
+    text: str = Field(min_length=10)
+    guidance: str = Field(default="", description="How to answer edge cases; shown to the judge.")
+    rationale: str = Field(min_length=10, description="Why a clinician asks this.")
+    source: str = Field(min_length=2, description="The clinical principle or guidance it rests on.")
+
+
+class Answer(Strict):
+    question_id: Identifier
+    value: AnswerValue
+    evidence: str = Field(default="", description="A verbatim quote from the judged text.")
+    evidence_verified: bool | None = Field(
+        default=None, description="Whether the evidence quote was found in the judged text."
+    )
+    rationale: str = ""
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class Usage(Strict):
+    """Tokens, money and time spent. Summed across calls and tiers."""
+
+    calls: int = 0
+    cached_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = Field(
+        default=True, description="False when the provider's price is not in litellm's cost map."
+    )
+    seconds: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            cached_calls=self.cached_calls + other.cached_calls,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+            cost_known=self.cost_known and other.cost_known,
+            seconds=self.seconds + other.seconds,
+        )
+
+
+class Exchange(Strict):
+    """One request to a judge model and its raw reply, kept so that an auditor can replay it."""
+
+    messages: list[dict[str, str]]
+    prompt_sha256: str
+    raw_reply: str | None = None
+    error: str | None = None
+    cached: bool = False
+
+
+class TierResult(Strict):
+    """What one tier said about one record under one rubric. label None means the tier abstained
+    or failed; an error is never a grade."""
+
+    tier: str
+    label: Label | None = None
+    confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    answers: list[Answer] = Field(default_factory=list)
+    fired_rule: str | None = Field(
+        default=None, description="Which verdict rule produced the label, for the audit trail."
+    )
+    usage: Usage = Field(default_factory=Usage)
+    error: str | None = None
+    model: str | None = None
+    judged_text: str | None = Field(
+        default=None, description="The text the tier judged, when it differs from the raw response "
+        "(apology and disclaimer framing stripped).",
+    )
+    exchanges: list[Exchange] = Field(default_factory=list)
+
+
+class Verdict(Strict):
+    """The final word on one record under one rubric: one line of results.jsonl."""
+
+    record_id: str
+    record_sha256: str
+    rubric: str = Field(description="id@version")
+    rubric_sha256: str = Field(description="Hash of the rubric file and its templates.")
+    label: VerdictLabel
+    decided_by: str | None = Field(default=None, description="The tier whose label was used.")
+    tiers: list[TierResult]
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_s: float = 0.0
+    response: str = Field(description="The raw response as ingested, apology framing and all.")
+    meta: RecordMeta = Field(default_factory=RecordMeta)
+    created_at: str
+
+    @property
+    def is_error(self) -> bool:
+        return self.label == ERROR
+
+
+class RubricExample(Strict):
+    """A labelled example written for the rubric. `answers` are a clinician's answers to every
+    sub-question; `psyjudge rubric test` checks that the verdict rule turns them into `expected`,
+    and, given a judge, that the judge reaches the same label."""
+
+    id: Identifier
+    description: str = ""
+    turns: list[Turn] = Field(default_factory=list)
+    response: str = Field(min_length=1)
+    region: str | None = None
+    expected: Label
+    answers: dict[Identifier, AnswerValue]
+
+
+class RuleSpec(Strict):
+    """One line of a declarative verdict rule: `label` when the condition `when` holds.
+
+    A condition is a mapping with exactly one key: `yes: q`, `no: q` or `na: q` (the answer to
+    sub-question q), `any_yes: [q, ...]`, `any: [cond, ...]`, `all: [cond, ...]` or `not: cond`.
+    It is parsed and checked by judge.rubrics; nothing is ever evaluated as code."""
+
+    name: Identifier
+    label: Label
+    when: dict[str, Any]
+    because: str = Field(default="", description="The clinical reason, shown in reports.")
+
+
+class VerdictRuleSpec(Strict):
+    rules: list[RuleSpec] = Field(min_length=1, description="Tried in order; the first match wins.")
+    otherwise: Label = Field(description="The label when no rule matches.")
+
+
+class TemplateNames(Strict):
+    system: str = "judge_system.j2"
+    user: str = "judge_user.j2"
+
+
+class RubricSpec(Strict):
+    """The contents of a rubric.yaml."""
+
+    id: Identifier
+    version: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]
+    title: str = Field(min_length=3)
+    owner: str = Field(min_length=2)
+    description: str = Field(min_length=10)
+    sub_questions: list[SubQuestion] = Field(min_length=1)
+    verdict: VerdictRuleSpec
+    templates: TemplateNames = Field(default_factory=TemplateNames)
+    examples: list[RubricExample] = Field(min_length=1)
+
+
+def sha256_json(payload: Any) -> str:
+    """sha256 of a canonical JSON encoding (sorted keys, no whitespace)."""
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -1,0 +1,1 @@
+"""psyjudge test suite."""

@@ -1,0 +1,1 @@
+"""Test doubles used by the psyjudge test suite."""
