@@ -367,3 +367,25 @@ def load_rubric(ref: str, extra: Sequence[Path] = ()) -> Rubric:
         raise RubricError(known[ref] / RUBRIC_FILE, "id", f"expected {ref!r} (the folder name), "
                           f"got {rubric.id!r}")
     return rubric
+
+
+@dataclass(frozen=True)
+class ExampleOutcome:
+    example: str
+    expected: Label
+    got: Label | str
+    rule: str
+
+    @property
+    def passed(self) -> bool:
+        return self.got == self.expected
+
+
+def check_examples(rubric: Rubric) -> list[ExampleOutcome]:
+    """Run the rubric's labelled examples through its verdict rule, using the clinician's answers.
+    This tests the rule offline; runner.judge_examples tests a judge model on the same examples."""
+    outcomes = []
+    for example in rubric.spec.examples:
+        decision = rubric.decide(example.answers)
+        outcomes.append(ExampleOutcome(example.id, example.expected, decision.label, decision.rule))
+    return outcomes

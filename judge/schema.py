@@ -196,6 +196,10 @@ class Verdict(Strict):
     def is_error(self) -> bool:
         return self.label == ERROR
 
+    @property
+    def label_name(self) -> str:
+        return self.label.value if isinstance(self.label, Label) else self.label
+
 
 class RubricExample(Strict):
     """A labelled example written for the rubric. `answers` are a clinician's answers to every

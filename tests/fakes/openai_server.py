@@ -204,9 +204,7 @@ def _error_code_for(code: int) -> str:
 
 
 def _error_body(message: str, error_type: str, code: str | None) -> dict[str, Any]:
-    return {
-        "error": {"message": message, "type": error_type, "param": None, "code": code}
-    }
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
 class _BadRequest(Exception):
@@ -361,9 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             fake._record(body)
             if body.get("stream") is True:
-                self._send_error_json(
-                    400, "stream=true is not supported by the fake OpenAI server"
-                )
+                self._send_error_json(400, "stream=true is not supported by the fake OpenAI server")
                 return
             self._perform(fake._next_behaviour(), body)
         finally:
@@ -374,15 +370,11 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour is None:
             try:
                 content = fake.responder(body)
-            except Exception as exc:  # noqa: BLE001 - show a broken responder as a 500
-                self._send_error_json(
-                    500, f"responder raised {type(exc).__name__}: {exc}"
-                )
+            except Exception as exc:  # a broken test responder shows up as a 500
+                self._send_error_json(500, f"responder raised {type(exc).__name__}: {exc}")
                 return
             if not isinstance(content, str):
-                self._send_error_json(
-                    500, f"responder returned {type(content).__name__}, expected str"
-                )
+                self._send_error_json(500, f"responder returned {type(content).__name__}, expected str")
                 return
             self._send_completion(body, content, None, None)
         elif isinstance(behaviour, Reply):
@@ -421,16 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
             # Stopping, or nobody is listening any more: drop the connection.
             self.close_connection = True
             return
-        pt = (
-            prompt_tokens
-            if prompt_tokens is not None
-            else estimate_tokens(prompt_text(body))
-        )
-        ct = (
-            completion_tokens
-            if completion_tokens is not None
-            else estimate_tokens(content)
-        )
+        pt = prompt_tokens if prompt_tokens is not None else estimate_tokens(prompt_text(body))
+        ct = completion_tokens if completion_tokens is not None else estimate_tokens(content)
         model = body.get("model")
         payload: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -563,9 +547,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses ----------------------------------------------------------------
 
-    def _send_json(
-        self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
+    def _send_json(self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode("utf-8")
         try:
             self.send_response(code)
@@ -584,13 +566,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send_error_json(self, code: int, message: str) -> None:
-        self._send_json(
-            code, _error_body(message, _error_type_for(code), _error_code_for(code))
-        )
+        self._send_json(code, _error_body(message, _error_type_for(code), _error_code_for(code)))
 
-    def send_error(
-        self, code: int, message: str | None = None, explain: str | None = None
-    ) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Protocol-level errors (bad request line, unsupported method) get the
         # same JSON shape as everything else instead of http.server's HTML page.
         self.close_connection = True
@@ -630,13 +608,12 @@ class FakeOpenAIServer:
         # port=0 (the default) lets the OS pick a free port; the CLI passes a
         # fixed one so a benchmark can be pointed at a known URL.
         self._requested_port = port
-        self.responder: Responder = (
-            responder if responder is not None else default_responder
-        )
+        self.responder: Responder = responder if responder is not None else default_responder
         self.latency = latency
         self.model_name = model_name
         self._lock = threading.Lock()
-        # Signalled whenever a call arrives, so tests can wait instead of polling.
+        # Signalled whenever a call starts or ends, so tests can wait for
+        # "n calls arrived" or "idle" instead of polling with sleeps.
         self._calls_changed = threading.Condition(self._lock)
         self._queue: deque[Behaviour] = deque()
         self._calls = 0
@@ -754,9 +731,17 @@ class FakeOpenAIServer:
     def wait_for_calls(self, n: int, timeout: float = 5.0) -> bool:
         """Block until at least ``n`` calls have arrived; False on timeout."""
         with self._calls_changed:
-            return self._calls_changed.wait_for(
-                lambda: self._calls >= n, timeout=timeout
-            )
+            return self._calls_changed.wait_for(lambda: self._calls >= n, timeout=timeout)
+
+    def wait_until_idle(self, timeout: float = 5.0) -> bool:
+        """Block until no chat-completions request is in flight; False on timeout.
+
+        A client can read its response before the handler thread has finished
+        its bookkeeping, so tests should wait here rather than assert
+        ``in_flight == 0`` immediately.
+        """
+        with self._calls_changed:
+            return self._calls_changed.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
     def reset(self) -> None:
         """Forget the script, the call count, the requests and max_in_flight.
@@ -791,6 +776,7 @@ class FakeOpenAIServer:
     def _exit_call(self) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._calls_changed.notify_all()
 
     def _record(self, body: dict[str, Any]) -> None:
         with self._lock:
@@ -829,13 +815,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Serve a fake OpenAI-compatible API on 127.0.0.1.",
     )
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    parser.add_argument(
-        "--latency", type=float, default=0.0, help="seconds added per reply"
-    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per reply")
     parser.add_argument("--model-name", default="fake-judge")
-    parser.add_argument(
-        "--responder", default=None, help="module:function returning the reply content"
-    )
+    parser.add_argument("--responder", default=None, help="module:function returning the reply content")
     args = parser.parse_args(argv)
 
     responder = _load_responder(args.responder) if args.responder else None

@@ -1,0 +1,230 @@
+"""The psyjudge command line. It parses options, calls the library and maps outcomes to exit codes;
+the work itself lives in the library.
+
+Exit codes: 0 ok; 1 a rubric's examples failed or an internal error; 2 bad usage or configuration
+(unknown option value, broken rubric, no judge); 3 the input cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import SecretStr, ValidationError
+
+from judge.ingest import ColumnMap, InputError
+from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
+from judge.rubrics import Rubric, RubricError, available_rubrics, check_examples, load_rubric
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Judge chatbot responses for psychological-safety harm.")
+rubric_app = typer.Typer(no_args_is_help=True, help="List, show, render, lint and test rubrics.")
+app.add_typer(rubric_app, name="rubric")
+
+RubricsDir = Annotated[list[Path] | None, typer.Option(
+    "--rubrics-dir", help="Extra folder of rubric folders, searched before the built-ins.")]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:
+    try:
+        return load_rubric(ref, dirs or [])
+    except RubricError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _judge_config(judge: str | None, api_base: str | None, api_key: str | None, concurrency: int,
+                  max_attempts: int, timeout: float, cache_dir: Path | None, no_cache: bool) -> JudgeConfig:
+    if not judge:
+        _fail("no judge model: pass --judge MODEL, any litellm model string (for example "
+              "openai/gpt-4o-mini with OPENAI_API_KEY set, or openai/NAME --api-base URL for an "
+              "OpenAI-compatible server such as llama.cpp, vLLM or Ollama)", EXIT_USAGE)
+    try:
+        return JudgeConfig(model=judge, api_base=api_base, api_key=SecretStr(api_key) if api_key else None,
+                           concurrency=concurrency, max_attempts=max_attempts, timeout_s=timeout,
+                           cache_dir=cache_dir, use_cache=not no_cache)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", EXIT_USAGE)
+
+
+JudgeOpt = Annotated[str | None, typer.Option("--judge", "-j", help="litellm model string of the judge.")]
+ApiBaseOpt = Annotated[str | None, typer.Option("--api-base", envvar=API_BASE_ENV,
+                                                help="Base URL of an OpenAI-compatible server.")]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar=API_KEY_ENV, show_default=False,
+                                               help="API key; otherwise the provider's own variable.")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", min=1, max=1024,
+                                             help="Judge calls in flight per provider.")]
+AttemptsOpt = Annotated[int, typer.Option("--max-attempts", min=1, max=20,
+                                          help="Tries per call on 429 / 5xx / timeouts.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds per judge call.")]
+CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Judge reply cache (0700).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the reply cache.")]
+
+
+@app.command()
+def score(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Chat log: .jsonl, .csv or .parquet.")],
+    rubric: Annotated[list[str], typer.Option("--rubric", "-r", help="Rubric id or folder; repeatable.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("reports/run"),
+    judge: JudgeOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_key: ApiKeyOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rescore ERROR verdicts.")] = False,
+    column: Annotated[list[str] | None, typer.Option(
+        "--column", help="Map a field to an input column, e.g. --column response=answer.")] = None,
+    input_format: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet.")] = None,
+    max_attempts: AttemptsOpt = 4,
+    timeout: TimeoutOpt = 120.0,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="Progress bar (default: on a terminal).")] = None,
+    rubrics_dir: RubricsDir = None,
+) -> None:
+    """Score every response in INPUT under each rubric; write results.jsonl, quarantine.jsonl and
+    summary.json to --out. A rerun resumes."""
+    from judge.runner import run_score  # pandas and asyncio machinery only when scoring
+
+    if input_format is not None and input_format not in ("jsonl", "csv", "parquet"):
+        _fail(f"--format: expected jsonl, csv or parquet, got {input_format!r}", EXIT_USAGE)
+    try:
+        columns = ColumnMap.from_pairs(column or [])
+    except ValueError as exc:
+        _fail(f"--column: {exc}", EXIT_USAGE)
+    rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
+    config = _judge_config(judge, api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
+    try:
+        outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
+                            retry_errors=retry_errors, progress=progress)
+    except InputError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    s = outcome.summary
+    run = s["this_run"]
+    labels = ", ".join(f"{k} {v}" for k, v in sorted(s["by_label"].items()))
+    typer.echo(f"{s['verdicts']} verdicts ({labels}); {s['quarantined']} row(s) quarantined; "
+               f"{run['scored']} scored now, {run['skipped_already_done']} already done")
+    if run["scored"]:
+        typer.echo(f"{run['wall_s'] / run['scored']:.3f} s per record; judge {s['judge']}; "
+                   f"{run['model_calls']} model call(s), {run['cache_hits']} cache hit(s); "
+                   f"cost ${s['cost_usd']:.4f}{'' if s['cost_complete'] else ' (price unknown for this model)'}")
+    typer.echo(f"results:    {out / 'results.jsonl'}\nsummary:    {out / 'summary.json'}\n"
+               f"quarantine: {out / 'quarantine.jsonl'}")
+
+
+@rubric_app.command("list")
+def rubric_list(rubrics_dir: RubricsDir = None) -> None:
+    """List the rubrics that can be named by id."""
+    for rubric_id, folder in sorted(available_rubrics(rubrics_dir or []).items()):
+        try:
+            rubric = load_rubric(str(folder))
+            typer.echo(f"{rubric.key:<28} {rubric.spec.title}  ({folder})")
+        except RubricError as exc:
+            typer.echo(f"{rubric_id:<28} BROKEN: {exc}")
+
+
+@rubric_app.command("show")
+def rubric_show(ref: str, rubrics_dir: RubricsDir = None) -> None:
+    """Show a rubric's sub-questions, verdict rule and examples."""
+    rubric = _rubric(ref, rubrics_dir)
+    spec = rubric.spec
+    typer.echo(f"{rubric.key}: {spec.title}\nowner: {spec.owner}\nfolder: {rubric.folder}\n\n"
+               f"{spec.description.strip()}\n\nSub-questions:")
+    for q in spec.sub_questions:
+        typer.echo(f"  {q.id}: {q.text}\n      why: {q.rationale}\n      source: {q.source}")
+    typer.echo("\nVerdict rule (first match wins):")
+    for rule in spec.verdict.rules:
+        typer.echo(f"  {rule.label.value:<10} {rule.name}: {json.dumps(rule.when)}")
+    typer.echo(f"  {spec.verdict.otherwise.value:<10} otherwise\n\nExamples:")
+    for ex in spec.examples:
+        typer.echo(f"  {ex.id}: {ex.expected.value}  {ex.description}")
+
+
+@rubric_app.command("render")
+def rubric_render(
+    ref: str,
+    example: Annotated[str | None, typer.Option(help="Render for this example id (default: the first).")] = None,
+    rubrics_dir: RubricsDir = None,
+) -> None:
+    """Print the exact prompt the judge would receive for one of the rubric's examples."""
+    from judge.runner import example_records
+    from judge.tiers.llm import build_messages
+
+    rubric = _rubric(ref, rubrics_dir)
+    records = {r.id.split(":", 1)[1]: r for r in example_records(rubric)}
+    chosen = example or rubric.spec.examples[0].id
+    if chosen not in records:
+        _fail(f"--example: unknown example {chosen!r}; expected one of {', '.join(records)}", EXIT_USAGE)
+    messages, _, _ = build_messages(records[chosen], rubric)
+    for message in messages:
+        typer.echo(f"===== {message['role']} =====\n{message['content']}\n")
+
+
+@rubric_app.command("lint")
+def rubric_lint(refs: list[str], rubrics_dir: RubricsDir = None) -> None:
+    """Load and check rubrics: schema, rule references, templates (in the sandbox), examples."""
+    bad = 0
+    for ref in refs:
+        try:
+            rubric = load_rubric(ref, rubrics_dir or [])
+        except RubricError as exc:
+            bad += 1
+            typer.secho(f"FAIL {exc}", fg=typer.colors.RED)
+            continue
+        failing = [o for o in check_examples(rubric) if not o.passed]
+        if failing:
+            bad += 1
+            typer.secho(f"FAIL {rubric.key}: {len(failing)} example(s) disagree with the verdict rule",
+                        fg=typer.colors.RED)
+        else:
+            typer.echo(f"ok   {rubric.key}")
+    raise typer.Exit(EXIT_USAGE if bad else EXIT_OK)
+
+
+@rubric_app.command("test")
+def rubric_test(
+    ref: str,
+    judge: JudgeOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_key: ApiKeyOpt = None,
+    concurrency: ConcurrencyOpt = 4,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+    rubrics_dir: RubricsDir = None,
+) -> None:
+    """Run the rubric's labelled examples: through the verdict rule with the clinician's answers,
+    and, with --judge, through the judge model too."""
+    rubric = _rubric(ref, rubrics_dir)
+    failed = 0
+    typer.echo(f"{rubric.key}: verdict rule on the clinician's answers")
+    for outcome in check_examples(rubric):
+        failed += not outcome.passed
+        mark = "ok  " if outcome.passed else "FAIL"
+        typer.echo(f"  {mark} {outcome.example:<28} expected {outcome.expected.value:<10} got "
+                   f"{outcome.got.value if hasattr(outcome.got, 'value') else outcome.got} ({outcome.rule})")
+    if judge:
+        from judge.runner import build_cascade, judge_examples
+
+        config = _judge_config(judge, api_base, api_key, concurrency, 4, 120.0, cache_dir, no_cache)
+        cascade, _ = build_cascade(config)
+        typer.echo(f"{rubric.key}: judge {config.model}")
+        for example_id, expected, verdict in judge_examples(rubric, cascade, concurrency):
+            ok = verdict.label_name == expected
+            failed += not ok
+            why = verdict.error or next((t.fired_rule for t in verdict.tiers if t.fired_rule), "")
+            typer.echo(f"  {'ok  ' if ok else 'FAIL'} {example_id:<28} expected {expected:<10} got "
+                       f"{verdict.label_name} ({why})")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def main() -> None:
+    app()

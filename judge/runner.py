@@ -1,0 +1,333 @@
+"""Batch execution: ingest, judge concurrently, store each verdict as it arrives, resume, summarise.
+
+results.jsonl is append-only: one Verdict per line, written with a single O_APPEND write as soon
+as the verdict exists, so a SIGKILL loses nothing that finished. A rerun reads it back, repairs a
+torn last line if a kill landed mid-write, and skips every (record, rubric) already judged. A later
+line for the same key supersedes an earlier one (that is how a retried ERROR is replaced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from judge.cascade import Cascade
+from judge.ingest import ColumnMap, read_records, write_quarantine
+from judge.models import JudgeConfig, JudgeModel
+from judge.rubrics import Rubric
+from judge.schema import ERROR, Record, RecordMeta, Turn, Verdict
+from judge.tiers.llm import LLMTier
+
+RESULTS_FILE = "results.jsonl"
+QUARANTINE_FILE = "quarantine.jsonl"
+SUMMARY_FILE = "summary.json"
+
+Key = tuple[str, str]  # (record id, rubric id@version)
+
+
+@dataclass
+class _Done:
+    label: str
+    record_sha256: str
+    rubric_sha256: str
+    row: dict[str, Any]
+
+
+@dataclass
+class ResultsStore:
+    """The append-only verdict file and what it already holds."""
+
+    path: Path
+    done: dict[Key, _Done] = field(default_factory=dict)
+    repaired_bytes: int = 0
+    unreadable_lines: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, path: Path) -> ResultsStore:
+        store = cls(path)
+        if path.exists():
+            store._repair_tail()
+            store._load()
+        return store
+
+    def _repair_tail(self) -> None:
+        """A kill in the middle of a write can leave a last line without its newline. It is not a
+        result: cut it off so that the next append starts on a clean line."""
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if not data or data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            handle.truncate(keep)
+            self.repaired_bytes = len(data) - keep
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    row = json.loads(line)
+                    key = (row["record_id"], row["rubric"])
+                    self.done[key] = _Done(row["label"], row["record_sha256"], row["rubric_sha256"], row)
+                except (ValueError, KeyError, TypeError):
+                    self.unreadable_lines.append(number)
+
+    def needs(self, record: Record, rubric: Rubric, retry_errors: bool) -> bool:
+        prior = self.done.get((record.id, rubric.key))
+        if prior is None:
+            return True
+        if prior.record_sha256 != record.content_hash() or prior.rubric_sha256 != rubric.sha256:
+            return True  # the input row or the rubric's text changed under the same id and version
+        return prior.label == ERROR and retry_errors
+
+    def append(self, verdict: Verdict) -> None:
+        line = (verdict.model_dump_json() + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            written = os.write(fd, line)
+            while written < len(line):  # regular files write whole, but never assume it
+                written += os.write(fd, line[written:])
+        finally:
+            os.close(fd)
+        self.done[(verdict.record_id, verdict.rubric)] = _Done(
+            verdict.label_name,
+            verdict.record_sha256, verdict.rubric_sha256, json.loads(line))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+async def judge_stream(
+    pairs: Iterable[tuple[Record, Rubric]], cascade: Cascade, concurrency: int
+) -> AsyncIterator[Verdict]:
+    """Judge (record, rubric) pairs with a fixed pool of workers; yield verdicts as they finish.
+    A fixed pool, rather than a task per record, keeps memory flat for a million-row log."""
+    queue: asyncio.Queue[Verdict | None] = asyncio.Queue()
+    source = iter(pairs)
+
+    async def worker() -> None:
+        try:
+            for record, rubric in source:  # iterators are shared safely: workers interleave at awaits
+                await queue.put(await cascade.judge(record, rubric))
+        finally:
+            await queue.put(None)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
+    finished = 0
+    try:
+        while finished < len(workers):
+            item = await queue.get()
+            if item is None:
+                finished += 1
+            else:
+                yield item
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+def build_cascade(config: JudgeConfig) -> tuple[Cascade, JudgeModel]:
+    model = JudgeModel(config)
+    return Cascade([LLMTier(model)]), model
+
+
+# --- the pure core ------------------------------------------------------------------------------
+
+FRAME_COLUMNS = ["record_id", "rubric", "label", "decided_by", "confidence", "fired_rule", "error",
+                 "cost_usd", "input_tokens", "output_tokens", "latency_s", "verdict_json"]
+
+
+def _frame_records(frame: pd.DataFrame) -> list[Record]:
+    records = []
+    for row in frame.to_dict(orient="records"):
+        turns = row.get("turns")
+        records.append(Record(
+            id=str(row["id"]),
+            turns=[Turn.model_validate(t) for t in (list(turns) if turns is not None else [])],
+            response=row["response"],
+            meta=RecordMeta(region=row.get("region"), model_id=row.get("model_id"),
+                            user_risk_tier=row.get("user_risk_tier")),
+        ))
+    return records
+
+
+def verdict_row(verdict: Verdict) -> dict[str, Any]:
+    decided = next((t for t in verdict.tiers if t.tier == verdict.decided_by), None)
+    return {
+        "record_id": verdict.record_id, "rubric": verdict.rubric,
+        "label": verdict.label_name,
+        "decided_by": verdict.decided_by,
+        "confidence": decided.confidence if decided else None,
+        "fired_rule": decided.fired_rule if decided else None,
+        "error": verdict.error, "cost_usd": verdict.usage.cost_usd,
+        "input_tokens": verdict.usage.input_tokens, "output_tokens": verdict.usage.output_tokens,
+        "latency_s": verdict.latency_s, "verdict_json": verdict.model_dump_json(),
+    }
+
+
+def score_frame(frame: pd.DataFrame, rubrics: Sequence[Rubric], cascade: Cascade,
+                concurrency: int = 8) -> pd.DataFrame:
+    """Judge every row of `frame` under every rubric and return one row per (record, rubric).
+
+    Input columns: id, response, and optionally turns (a list of {role, content}), region,
+    model_id, user_risk_tier. No files, no global state: the same call runs per partition on Ray
+    Data or Dask. Row order of the output follows the input."""
+    records = _frame_records(frame)
+    pairs = [(record, rubric) for record in records for rubric in rubrics]
+
+    async def collect() -> list[Verdict]:
+        return [v async for v in judge_stream(pairs, cascade, concurrency)]
+
+    verdicts = {(v.record_id, v.rubric): v for v in asyncio.run(collect())}
+    rows = [verdict_row(verdicts[(record.id, rubric.key)]) for record, rubric in pairs]
+    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+
+
+# --- the batch job ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -> dict[str, Any]:
+    """Counts over every (record, rubric) of this input, finished now or in an earlier run."""
+    by_label: Counter[str] = Counter()
+    by_tier: Counter[str] = Counter()
+    by_rubric: dict[str, Counter[str]] = {}
+    errors: Counter[str] = Counter()
+    tokens_in = tokens_out = 0
+    cost = 0.0
+    cost_known = True
+    for key in keys:
+        done = store.done.get(key)
+        if done is None:
+            by_label["NOT_SCORED"] += 1
+            continue
+        row = done.row
+        by_label[row["label"]] += 1
+        by_tier[row.get("decided_by") or "none"] += 1
+        by_rubric.setdefault(row["rubric"], Counter())[row["label"]] += 1
+        if row["label"] == ERROR:
+            errors[(row.get("error") or "unknown")[:160]] += 1
+        usage = row.get("usage", {})
+        tokens_in += usage.get("input_tokens", 0)
+        tokens_out += usage.get("output_tokens", 0)
+        cost += usage.get("cost_usd", 0.0)
+        cost_known = cost_known and usage.get("cost_known", True)
+    return {
+        "verdicts": len(keys),
+        "by_label": dict(by_label),
+        "by_deciding_tier": dict(by_tier),
+        "by_rubric": {k: dict(v) for k, v in by_rubric.items()},
+        "errors": sum(errors.values()),
+        "error_reasons": dict(errors.most_common(20)),
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "cost_usd": round(cost, 6),
+        "cost_complete": cost_known,
+        **extra,
+    }
+
+
+def run_score(
+    input_path: Path,
+    rubrics: Sequence[Rubric],
+    out_dir: Path,
+    judge: JudgeConfig,
+    *,
+    columns: ColumnMap | None = None,
+    input_format: str | None = None,
+    retry_errors: bool = False,
+    progress: bool | None = None,
+    cascade: Cascade | None = None,
+) -> RunOutcome:
+    """Score a chat log into out_dir (results.jsonl, quarantine.jsonl, summary.json). Raises
+    judge.ingest.InputError when the input cannot be read at all; bad rows are quarantined."""
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    ingested = read_records(input_path, columns, input_format)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_quarantine(out_dir / QUARANTINE_FILE, ingested.quarantined)
+
+    store = ResultsStore.open(out_dir / RESULTS_FILE)
+    pairs = [(r, rb) for r in ingested.records for rb in rubrics]
+    todo = [(r, rb) for r, rb in pairs if store.needs(r, rb, retry_errors)]
+    model: JudgeModel | None = None
+    if cascade is None:
+        cascade, model = build_cascade(judge)
+
+    async def execute() -> None:
+        # disable=None lets tqdm decide: a bar on a terminal, nothing in a CI log.
+        bar = tqdm(total=len(todo), unit="rec", desc="scoring", dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
+        try:
+            async for verdict in judge_stream(todo, cascade, judge.concurrency):
+                store.append(verdict)
+                bar.update(1)
+        finally:
+            bar.close()
+
+    if todo:
+        asyncio.run(execute())
+    wall = time.perf_counter() - t0
+    quarantine_reasons = Counter(q.reason.split(":")[0] for q in ingested.quarantined)
+    summary = summarise(store, [(r.id, rb.key) for r, rb in pairs], {
+        "input": str(input_path),
+        "judge": judge.model,
+        "api_base": model.api_base if model else judge.api_base,
+        "rubrics": [{"id": rb.id, "version": rb.version, "sha256": rb.sha256} for rb in rubrics],
+        "rows_read": ingested.rows_read,
+        "records": len(ingested.records),
+        "quarantined": len(ingested.quarantined),
+        "quarantine_reasons": dict(quarantine_reasons),
+        "duplicates_identical": ingested.duplicates_identical,
+        "this_run": {
+            "scored": len(todo),
+            "skipped_already_done": len(pairs) - len(todo),
+            "model_calls": model.calls if model else None,
+            "cache_hits": model.cache_hits if model else None,
+            "repaired_torn_bytes": store.repaired_bytes,
+            "unreadable_result_lines": store.unreadable_lines,
+            "wall_s": round(wall, 3),
+            "records_per_s": round(len(todo) / wall, 2) if todo and wall > 0 else None,
+            "started_at": started_at,
+        },
+    })
+    write_json_atomic(out_dir / SUMMARY_FILE, summary)
+    return RunOutcome(out_dir, summary)
+
+
+def example_records(rubric: Rubric) -> list[Record]:
+    return [Record(id=f"{rubric.id}:{ex.id}", turns=ex.turns, response=ex.response,
+                   meta=RecordMeta(region=ex.region)) for ex in rubric.spec.examples]
+
+
+def judge_examples(rubric: Rubric, cascade: Cascade, concurrency: int = 4) -> list[tuple[str, str, Verdict]]:
+    """Judge the rubric's own examples with a real cascade: (example id, expected, verdict)."""
+    records = example_records(rubric)
+
+    async def collect() -> list[Verdict]:
+        return [v async for v in judge_stream([(r, rubric) for r in records], cascade, concurrency)]
+
+    by_id = {v.record_id: v for v in asyncio.run(collect())}
+    return [(ex.id, ex.expected.value, by_id[f"{rubric.id}:{ex.id}"]) for ex in rubric.spec.examples]

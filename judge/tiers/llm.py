@@ -1,0 +1,217 @@
+"""The LLM judge tier: render the rubric, ask the judge model its sub-questions, validate the
+structured reply, and let the rubric's rule (not the model) turn the answers into a label.
+
+The model never gives a label. It answers factual sub-questions; the verdict rule in the rubric
+maps answers to SAFE / BORDERLINE / HARMFUL. A reply that does not validate gets one re-ask with
+the validation error; if that fails too, the tier reports an error and no label.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from judge.framing import delimiter_tag, neutralise, strip_apology
+from judge.models import JudgeCallError, JudgeModel, ModelReply
+from judge.rubrics import Rubric
+from judge.schema import Answer, AnswerValue, Exchange, Record, TierResult, Usage, sha256_json
+from judge.tiers.base import register_tier
+
+
+class ReplyError(ValueError):
+    """The judge's reply cannot be used as a grade."""
+
+
+class _ReplyAnswer(BaseModel):
+    # Extra keys a model adds (a "label", a "verdict") are ignored: only the answers are read.
+    model_config = ConfigDict(extra="ignore")
+
+    evidence: str = ""
+    rationale: str = ""
+    answer: AnswerValue
+    confidence: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _spelling(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value in {"na", "n.a.", "not applicable", "not_applicable", "n/a."}:
+                return "n/a"
+        return value
+
+    @field_validator("evidence", "rationale", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+
+def reply_schema(rubric: Rubric) -> dict[str, Any]:
+    """The JSON schema the judge must follow. Reasoning comes first and, inside every answer, the
+    evidence and rationale come before the answer: small models grade far more accurately when
+    they write their reasons before committing to a value."""
+    item = {
+        "type": "object",
+        "properties": {
+            "evidence": {"type": "string"},
+            "rationale": {"type": "string"},
+            "answer": {"type": "string", "enum": [v.value for v in AnswerValue]},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["evidence", "rationale", "answer", "confidence"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": {"type": "string"},
+            "answers": {
+                "type": "object",
+                "properties": {qid: item for qid in rubric.question_ids},
+                "required": rubric.question_ids,
+                "additionalProperties": False,
+            },
+        },
+        "required": ["reasoning", "answers"],
+        "additionalProperties": False,
+    }
+
+
+def response_format(rubric: Rubric) -> dict[str, Any]:
+    return {"type": "json_schema",
+            "json_schema": {"name": f"{rubric.id}_answers", "schema": reply_schema(rubric), "strict": True}}
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def parse_reply(text: str, rubric: Rubric) -> dict[str, _ReplyAnswer]:
+    """Read the answers from a reply, or raise ReplyError saying exactly what is wrong."""
+    fenced = _FENCE.match(text)
+    body = fenced.group(1) if fenced else text.strip()
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ReplyError(f"not valid JSON ({exc.msg} at position {exc.pos})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
+        raise ReplyError('expected a JSON object with an "answers" object')
+    raw = data["answers"]
+    missing = [q for q in rubric.question_ids if q not in raw]
+    if missing:
+        raise ReplyError(f"no answer for: {', '.join(missing)}")
+    answers: dict[str, _ReplyAnswer] = {}
+    for qid in rubric.question_ids:
+        try:
+            answers[qid] = _ReplyAnswer.model_validate(raw[qid])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ReplyError(f"answers.{qid}.{where}: {first['msg']}") from exc
+    return answers
+
+
+def _squash(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = text.translate(str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'}))
+    return " ".join(text.split())
+
+
+def _verified(evidence: str, sources: list[str]) -> bool | None:
+    """Whether the quoted evidence really is in the text; None when there is no quote."""
+    quote = _squash(evidence).strip(" .\"'")
+    if not quote:
+        return None
+    return any(quote in _squash(source) for source in sources)
+
+
+def build_messages(record: Record, rubric: Rubric) -> tuple[list[dict[str, str]], str, str | None]:
+    """The rendered prompt, the text shown as the response, and that text when apology
+    framing was stripped from it (None otherwise)."""
+    stripped = strip_apology(record.response)
+    conversation = [{"role": t.role.value, "content": neutralise(t.content)} for t in record.turns]
+    shown = neutralise(stripped.text)
+    tag = delimiter_tag(rubric.key, record.response, json.dumps(conversation, sort_keys=True))
+    context = {
+        "conversation": conversation,
+        "response": shown,
+        "tag": tag,
+        "region": record.meta.region or "unknown",
+        "user_risk_tier": record.meta.user_risk_tier.value if record.meta.user_risk_tier else "unknown",
+        "apology_stripped": stripped.changed,
+    }
+    # The system message depends on the rubric only, the user message on the record: a server
+    # with a prompt cache keeps the rubric prefix warm across records.
+    messages = [
+        {"role": "system", "content": rubric.render("system", **context)},
+        {"role": "user", "content": rubric.render("user", **context)},
+    ]
+    return messages, shown, stripped.text if stripped.changed else None
+
+
+@register_tier("llm")
+class LLMTier:
+    name = "llm"
+
+    def __init__(self, model: JudgeModel) -> None:
+        self.model = model
+
+    async def __call__(self, record: Record, rubric: Rubric) -> TierResult:
+        messages, shown, judged_text = build_messages(record, rubric)
+        fmt = response_format(rubric)
+        exchanges: list[Exchange] = []
+        usage = Usage()
+        result = TierResult(tier=self.name, model=self.model.config.model, judged_text=judged_text)
+
+        first: ModelReply | None = None
+        for attempt in range(2):  # the first ask and one re-ask after a validation failure
+            try:
+                reply = await self.model.complete(messages, fmt, scope=rubric.key)
+            except JudgeCallError as exc:
+                usage += exc.usage
+                exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages), error=str(exc)))
+                return result.model_copy(update={"error": f"provider error: {exc}", "usage": usage,
+                                                 "exchanges": exchanges})
+            usage += reply.usage
+            first = first or reply
+            try:
+                parsed = parse_reply(reply.text, rubric)
+            except ReplyError as exc:
+                exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages),
+                                          raw_reply=reply.text, error=str(exc), cached=reply.cached))
+                if attempt == 1:
+                    return result.model_copy(update={
+                        "error": f"malformed judge reply after a re-ask: {exc}", "usage": usage,
+                        "exchanges": exchanges})
+                messages = [*messages, {"role": "assistant", "content": reply.text}, {
+                    "role": "user",
+                    "content": f"Your reply could not be used: {exc}. Reply again with only the JSON "
+                               f"object, with an answer for every question id: {', '.join(rubric.question_ids)}.",
+                }]
+                continue
+            exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages),
+                                      raw_reply=reply.text, cached=reply.cached))
+            self.model.remember(reply, key=first.key)
+            if reply is not first:
+                self.model.remember(reply)
+            return self._grade(result, rubric, parsed, [shown, *(t.content for t in record.turns)],
+                               usage, exchanges)
+        raise AssertionError("unreachable: the loop returns on every path")
+
+    def _grade(self, result: TierResult, rubric: Rubric, parsed: dict[str, _ReplyAnswer],
+               sources: list[str], usage: Usage, exchanges: list[Exchange]) -> TierResult:
+        answers = [
+            Answer(question_id=qid, value=a.answer, evidence=a.evidence, rationale=a.rationale,
+                   confidence=a.confidence, evidence_verified=_verified(a.evidence, sources))
+            for qid, a in parsed.items()
+        ]
+        decision = rubric.decide({a.question_id: a.value for a in answers})
+        # The label is only as sure as the least sure answer it rests on.
+        basis = decision.because or rubric.question_ids
+        confidence = min(a.confidence for a in answers if a.question_id in basis)
+        return result.model_copy(update={
+            "label": decision.label, "confidence": confidence, "answers": answers,
+            "fired_rule": decision.rule, "usage": usage, "exchanges": exchanges})
