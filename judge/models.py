@@ -46,6 +46,9 @@ class JudgeConfig(Strict):
     structured_output: bool = Field(default=True, description="Send a json_schema response_format.")
     use_cache: bool = True
     cache_dir: Path | None = None
+    litellm_params: dict[str, Any] = Field(
+        default_factory=dict, description="Extra litellm.acompletion arguments (top_p, seed, "
+        "extra_headers, mock_response in tests). They can change answers, so they enter the cache key.")
 
 
 @dataclass
@@ -154,7 +157,8 @@ class JudgeModel:
 
     def params(self, response_format: dict[str, Any] | None) -> dict[str, Any]:
         """The parameters that change an answer, and so enter the cache key."""
-        params: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        params: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens,
+                                  **self.config.litellm_params}
         if response_format is not None and self.config.structured_output:
             params["response_format"] = response_format
         return params

@@ -11,6 +11,7 @@ rule is parsed into a small condition tree and evaluated here; nothing is passed
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -214,16 +215,24 @@ def _yaml_load(path: Path) -> Any:
 
 
 def _pydantic_problem(path: Path, exc: ValidationError) -> RubricError:
-    first = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt field shows up twice: as an unknown field and as a missing one. The unknown
+    # field is where the clinician's eye should go, with the nearest valid name as a hint.
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     problem = first["msg"]
     if first["type"] not in ("missing", "extra_forbidden") and "input" in first:
         problem += f" (got {first['input']!r:.80})"
     if first["type"] == "extra_forbidden":
-        problem = "unknown field; check the spelling against the rubric format in rubrics/README.md"
-    more = len(exc.errors()) - 1
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing"
+                   and e["loc"][:-1] == first["loc"][:-1]]
+        hint = difflib.get_close_matches(str(first["loc"][-1]), missing, n=1)
+        problem = "unknown field" + (f"; did you mean {hint[0]!r}?" if hint else
+                                     "; see the rubric format in rubrics/README.md")
+    more = len(errors) - 1
     if more:
-        problem += f"; and {more} more problem(s)"
+        problem += f" ({more} more problem(s) after this one)"
     return RubricError(path, where, problem)
 
 
