@@ -228,3 +228,7 @@ def rubric_test(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -24,10 +24,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from judge.cascade import Cascade
-from judge.ingest import ColumnMap, read_records, write_quarantine
+from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
 from judge.models import JudgeConfig, JudgeModel
 from judge.rubrics import Rubric
-from judge.schema import ERROR, Record, RecordMeta, Turn, Verdict
+from judge.schema import ERROR, Record, RecordMeta, Verdict
 from judge.tiers.llm import LLMTier
 
 RESULTS_FILE = "results.jsonl"
@@ -154,20 +154,6 @@ FRAME_COLUMNS = ["record_id", "rubric", "label", "decided_by", "confidence", "fi
                  "cost_usd", "input_tokens", "output_tokens", "latency_s", "verdict_json"]
 
 
-def _frame_records(frame: pd.DataFrame) -> list[Record]:
-    records = []
-    for row in frame.to_dict(orient="records"):
-        turns = row.get("turns")
-        records.append(Record(
-            id=str(row["id"]),
-            turns=[Turn.model_validate(t) for t in (list(turns) if turns is not None else [])],
-            response=row["response"],
-            meta=RecordMeta(region=row.get("region"), model_id=row.get("model_id"),
-                            user_risk_tier=row.get("user_risk_tier")),
-        ))
-    return records
-
-
 def verdict_row(verdict: Verdict) -> dict[str, Any]:
     decided = next((t for t in verdict.tiers if t.tier == verdict.decided_by), None)
     return {
@@ -183,21 +169,24 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
 
 
 def score_frame(frame: pd.DataFrame, rubrics: Sequence[Rubric], cascade: Cascade,
-                concurrency: int = 8) -> pd.DataFrame:
-    """Judge every row of `frame` under every rubric and return one row per (record, rubric).
+                concurrency: int = 8, columns: ColumnMap | None = None) -> pd.DataFrame:
+    """Judge every row of `frame` under every rubric: one output row per (record, rubric).
 
-    Input columns: id, response, and optionally turns (a list of {role, content}), region,
-    model_id, user_risk_tier. No files, no global state: the same call runs per partition on Ray
-    Data or Dask. Row order of the output follows the input."""
-    records = _frame_records(frame)
-    pairs = [(record, rubric) for record in records for rubric in rubrics]
+    The frame has the columns of an input file (id, messages or prompt/response, region, ...).
+    No files, no global state: the same call runs per partition on Ray Data or Dask. A row that
+    cannot be read is not dropped: it comes back with no label and the quarantine reason."""
+    ingested = records_from_frame(frame, columns)
+    pairs = [(record, rubric) for record in ingested.records for rubric in rubrics]
 
     async def collect() -> list[Verdict]:
         return [v async for v in judge_stream(pairs, cascade, concurrency)]
 
-    verdicts = {(v.record_id, v.rubric): v for v in asyncio.run(collect())}
-    rows = [verdict_row(verdicts[(record.id, rubric.key)]) for record, rubric in pairs]
-    return pd.DataFrame(rows, columns=FRAME_COLUMNS)
+    verdicts = {(v.record_id, v.rubric): v for v in asyncio.run(collect())} if pairs else {}
+    out = [verdict_row(verdicts[(record.id, rubric.key)]) for record, rubric in pairs]
+    out += [{"record_id": None, "rubric": rubric.key, "label": None,
+             "error": f"quarantined (row {q.line}): {q.reason}"}
+            for q in ingested.quarantined for rubric in rubrics]
+    return pd.DataFrame(out, columns=FRAME_COLUMNS)
 
 
 # --- the batch job ------------------------------------------------------------------------------

@@ -1,0 +1,5 @@
+"""python -m judge: the psyjudge command line."""
+
+from judge.cli import main
+
+main()
