@@ -9,12 +9,12 @@ import os
 # before anything can import litellm, so that using psyjudge never reaches out by surprise.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from judge.cascade import Cascade  # noqa: E402
-from judge.ingest import ColumnMap, InputError, read_records  # noqa: E402
-from judge.models import JudgeCallError, JudgeConfig, JudgeModel  # noqa: E402
-from judge.rubrics import Rubric, RubricError, available_rubrics, load_rubric  # noqa: E402
-from judge.runner import run_score, score_frame  # noqa: E402
-from judge.schema import (  # noqa: E402
+from judge.cascade import Cascade
+from judge.ingest import ColumnMap, InputError, read_records
+from judge.models import JudgeCallError, JudgeConfig, JudgeModel
+from judge.rubrics import Rubric, RubricError, available_rubrics, load_rubric
+from judge.runner import run_score, score_frame
+from judge.schema import (
     ERROR,
     Answer,
     AnswerValue,
@@ -26,7 +26,7 @@ from judge.schema import (  # noqa: E402
     Turn,
     Verdict,
 )
-from judge.tiers.llm import LLMTier  # noqa: E402
+from judge.tiers.llm import LLMTier
 
 __all__ = [
     "ERROR",

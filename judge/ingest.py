@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from judge.schema import Record, RecordMeta, RiskTier, Role, Strict, Turn, sha256_json
+from judge.schema import Record, RecordMeta, RiskTier, Role, Strict, Turn
 
 FORMATS: dict[str, str] = {
     ".jsonl": "jsonl",
@@ -664,7 +664,7 @@ def _read_parquet(path: Path, collector: _Collector) -> None:
     _collect_rows(rows, collector)
 
 
-def _collect_rows(rows: Sequence[Mapping[str, Any]], collector: _Collector) -> None:
+def _collect_rows(rows: Sequence[Mapping[Any, Any]], collector: _Collector) -> None:
     for number, row in enumerate(rows, start=1):
         collector.rows_read += 1
         fields: dict[str, Any] = {str(key): _plain(value) for key, value in row.items()}

@@ -168,7 +168,7 @@ class JudgeModel:
         asked = retry_after_seconds(exc) if exc is not None else None
         if asked is not None:
             return min(asked, self.config.retry_max_wait_s)
-        backoff = self.config.retry_initial_wait_s * (2 ** (state.attempt_number - 1))
+        backoff: float = self.config.retry_initial_wait_s * 2.0 ** (state.attempt_number - 1)
         return min(backoff * (0.5 + random.random()), self.config.retry_max_wait_s)
 
     async def complete(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -23,7 +23,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Label(str, Enum):
+class Label(StrEnum):
     SAFE = "SAFE"
     BORDERLINE = "BORDERLINE"
     HARMFUL = "HARMFUL"
@@ -35,20 +35,20 @@ ERROR: Literal["ERROR"] = "ERROR"
 VerdictLabel = Label | Literal["ERROR"]
 
 
-class AnswerValue(str, Enum):
+class AnswerValue(StrEnum):
     YES = "yes"
     NO = "no"
     NOT_APPLICABLE = "n/a"
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
     TOOL = "tool"
 
 
-class RiskTier(str, Enum):
+class RiskTier(StrEnum):
     """The user's risk as known to the deploying service (for example from a triage step)."""
 
     LOW = "low"

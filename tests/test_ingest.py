@@ -18,7 +18,7 @@ from judge.ingest import (
     read_records,
     write_quarantine,
 )
-from judge.schema import RiskTier, Role, Turn, sha256_json
+from judge.schema import RiskTier, Role, Turn
 
 # --- helpers -------------------------------------------------------------------------------------
 

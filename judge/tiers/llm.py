@@ -114,9 +114,12 @@ def parse_reply(text: str, rubric: Rubric) -> dict[str, _ReplyAnswer]:
     return answers
 
 
+_QUOTES = str.maketrans("\u2018\u2019\u201c\u201d", "''\"\"")
+
+
 def _squash(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).lower()
-    text = text.translate(str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'}))
+    text = text.translate(_QUOTES)
     return " ".join(text.split())
 
 

@@ -1,0 +1,122 @@
+"""The command line: documented exit codes, clear errors for unknown values, rubric commands, and
+the end-to-end score of the demo log against the loopback server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from judge.cli import app
+from tests.conftest import DEMO_LOG, REPO
+from tests.fakes.openai_server import FakeOpenAIServer
+
+runner = CliRunner()
+
+
+def score_args(server: FakeOpenAIServer, out: Path, *extra: str) -> list[str]:
+    return ["score", str(DEMO_LOG), "--rubric", "self_harm", "--out", str(out), "--judge", "openai/fake-judge",
+            "--api-base", server.base_url, "--no-progress", *extra]
+
+
+def test_score_demo_log_end_to_end(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    result = runner.invoke(app, score_args(server, tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "8 verdicts (BORDERLINE 2, HARMFUL 3, SAFE 3); 2 row(s) quarantined" in result.output
+    assert f"results:    {tmp_path / 'out' / 'results.jsonl'}" in result.output
+    assert "s per record" in result.output
+    rerun = runner.invoke(app, score_args(server, tmp_path / "out"))
+    assert "0 scored now, 8 already done" in rerun.output and server.calls == 8
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["score", str(DEMO_LOG), "--rubric", "nope", "--judge", "openai/x"], 2, "unknown rubric"),
+    (["score", "missing.jsonl", "--rubric", "self_harm", "--judge", "openai/x"], 3, "no such file"),
+    (["score", str(DEMO_LOG), "--rubric", "self_harm"], 2, "no judge model: pass --judge MODEL"),
+    (["score", str(DEMO_LOG), "--rubric", "self_harm", "--judge", "openai/x", "--format", "xml"], 2,
+     "--format: expected jsonl, csv or parquet"),
+    (["score", str(DEMO_LOG), "--rubric", "self_harm", "--judge", "openai/x", "--column", "answer=resp"], 2,
+     "--column"),
+    (["score", str(DEMO_LOG), "--rubric", "self_harm", "--judge", "openai/x", "--concurrency", "0"], 2, ""),
+    (["score", str(DEMO_LOG), "--rubric", "self_harm", "--judge", "openai/x", "--bogus"], 2, "No such option"),
+    (["rubric", "show", "nope"], 2, "unknown rubric"),
+])
+def test_exit_codes_and_clear_errors(args: list[str], code: int, message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, [*args, *(["--out", str(tmp_path / "o")] if args[0] == "score" else [])])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+
+
+def test_unreadable_input_kind(tmp_path: Path) -> None:
+    bad = tmp_path / "log.parquet"
+    bad.write_bytes(b"not parquet at all")
+    result = runner.invoke(app, ["score", str(bad), "--rubric", "self_harm", "--judge", "openai/x",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 3 and "cannot read Parquet" in result.output
+
+
+def test_rubric_list_show_render_lint_test() -> None:
+    listed = runner.invoke(app, ["rubric", "list"])
+    assert listed.exit_code == 0 and "self_harm@1.0.0" in listed.output
+    shown = runner.invoke(app, ["rubric", "show", "self_harm"])
+    assert shown.exit_code == 0 and "gives_method" in shown.output and "HARMFUL" in shown.output
+    rendered = runner.invoke(app, ["rubric", "render", "self_harm", "--example", "method_given"])
+    assert rendered.exit_code == 0 and "===== system =====" in rendered.output
+    assert "whole bottle at once" in rendered.output and "<<<RESPONSE-" in rendered.output
+    assert runner.invoke(app, ["rubric", "render", "self_harm", "--example", "zzz"]).exit_code == 2
+    assert runner.invoke(app, ["rubric", "lint", "self_harm"]).exit_code == 0
+    tested = runner.invoke(app, ["rubric", "test", "self_harm"])
+    assert tested.exit_code == 0 and tested.output.count("ok  ") == 8
+
+
+def test_rubric_lint_and_test_fail_on_a_broken_rubric(tmp_path: Path) -> None:
+    folder = tmp_path / "self_harm"
+    folder.mkdir()
+    text = (REPO / "rubrics" / "self_harm" / "rubric.yaml").read_text()
+    (folder / "rubric.yaml").write_text(text.replace("expected: HARMFUL", "expected: SAFE", 1))
+    lint = runner.invoke(app, ["rubric", "lint", str(folder)])
+    assert lint.exit_code == 2 and "1 example(s) disagree" in lint.output
+    test = runner.invoke(app, ["rubric", "test", str(folder)])
+    assert test.exit_code == 1 and "FAIL method_given" in test.output
+
+
+def test_rubric_test_with_a_judge(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["rubric", "test", "self_harm", "--judge", "openai/fake-judge",
+                                 "--api-base", server.base_url, "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "judge openai/fake-judge" in result.output and result.output.count("ok  ") == 16
+
+
+def test_importing_the_package_makes_no_network_call_and_does_not_load_litellm() -> None:
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k): raise SystemExit('network call at import: %r' % (a,))\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "import sys, os\n"
+        "import judge, judge.cli, judge.models\n"
+        "assert 'litellm' not in sys.modules, 'litellm must be imported lazily'\n"
+        "assert os.environ['LITELLM_LOCAL_MODEL_COST_MAP'] == 'True'\n"
+        "judge.models._litellm()\n"  # and importing litellm through the adapter stays offline too
+        "print('offline ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "offline ok" in result.stdout
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(["psyjudge", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "score" in result.stdout and "rubric" in result.stdout
+
+
+def test_summary_records_the_judge(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    runner.invoke(app, score_args(server, tmp_path / "out"))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["judge"] == "openai/fake-judge" and summary["rubrics"][0]["id"] == "self_harm"
