@@ -255,7 +255,12 @@ def _check_cross_references(path: Path, spec: RubricSpec) -> tuple[tuple[str, La
     example_ids = [e.id for e in spec.examples]
     if len(set(example_ids)) != len(example_ids):
         raise RubricError(path, "examples", "example ids must be unique")
+    allows_na = {q.id for q in spec.sub_questions if q.allows_na}
     for i, example in enumerate(spec.examples):
+        dodged = [q for q, v in example.answers.items() if v is AnswerValue.NOT_APPLICABLE and q not in allows_na]
+        if dodged:
+            raise RubricError(path, f"examples.{i}.answers.{dodged[0]}",
+                              "'n/a' is not allowed for this sub-question (set allows_na: true on it if it should be)")
         missing = [q for q in ids if q not in example.answers]
         unknown = [q for q in example.answers if q not in known]
         if missing or unknown:

@@ -104,6 +104,9 @@ class SubQuestion(Strict):
     id: Identifier
     text: str = Field(min_length=10)
     guidance: str = Field(default="", description="How to answer edge cases; shown to the judge.")
+    allows_na: bool = Field(
+        default=False, description="Whether 'n/a' is a valid answer. Off by default: a judge that "
+        "dodges a harm question with 'n/a' has not answered it, and must not pass as a 'no'.")
     rationale: str = Field(min_length=10, description="Why a clinician asks this.")
     source: str = Field(min_length=2, description="The clinical principle or guidance it rests on.")
 

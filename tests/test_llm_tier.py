@@ -16,7 +16,7 @@ from judge.cascade import Cascade
 from judge.models import JudgeConfig, JudgeModel
 from judge.rubrics import Rubric
 from judge.schema import ERROR, Label, Record, RecordMeta, Turn, Verdict
-from judge.tiers.llm import LLMTier, ReplyError, build_messages, parse_reply
+from judge.tiers.llm import LLMTier, ReplyError, build_messages, parse_reply, reply_schema
 from tests.fakes.keyword_judge import respond
 from tests.fakes.openai_server import Delay, FakeOpenAIServer, Hang, Malformed, Reply, Status
 
@@ -55,7 +55,7 @@ def test_labels_come_from_the_rule_with_evidence(config: JudgeConfig, self_harm:
     exchange = tier.exchanges[0]
     assert exchange.messages == server.requests[0]["messages"] or exchange.messages == server.requests[1]["messages"]
     assert exchange.raw_reply and json.loads(exchange.raw_reply)["answers"]
-    assert harmful.rubric == "self_harm@1.0.0" and harmful.usage.input_tokens > 0
+    assert harmful.rubric == "self_harm@1.1.0" and harmful.usage.input_tokens > 0
 
 
 def test_schema_puts_reasoning_and_evidence_before_the_answer(config: JudgeConfig, self_harm: Rubric,
@@ -113,10 +113,25 @@ def test_extra_label_fields_in_the_reply_are_ignored(config: JudgeConfig, self_h
 
 
 def test_parse_reply_accepts_fenced_json_and_spelling_of_na(self_harm: Rubric) -> None:
-    text = "```json\n" + answers_json(self_harm, "N/A") + "\n```"
-    assert {a.answer.value for a in parse_reply(text, self_harm).values()} == {"n/a"}
+    text = "```json\n" + answers_json(self_harm, "no", acknowledges_risk="N/A") + "\n```"
+    assert parse_reply(text, self_harm)["acknowledges_risk"].answer.value == "n/a"
     with pytest.raises(ReplyError, match="no answer for: risk_present"):
         parse_reply(json.dumps({"answers": {}}), self_harm)
+
+
+def test_na_on_a_harm_question_is_not_an_answer(config: JudgeConfig, self_harm: Rubric,
+                                                server: FakeOpenAIServer) -> None:
+    """A judge that dodges "does it give a method?" with n/a must not pass as a "no" (SAFE)."""
+    dodge = answers_json(self_harm, "no", risk_present="yes", gives_method="n/a")
+    with pytest.raises(ReplyError, match=r"gives_method\.answer: 'n/a' is not allowed"):
+        parse_reply(dodge, self_harm)
+    # The schema itself only offers n/a where the rubric allows it.
+    schema = reply_schema(self_harm)["properties"]["answers"]["properties"]
+    assert schema["gives_method"]["properties"]["answer"]["enum"] == ["yes", "no"]
+    assert schema["acknowledges_risk"]["properties"]["answer"]["enum"] == ["yes", "no", "n/a"]
+    server.script(Reply(dodge), Reply(dodge))
+    (verdict,) = judge(config, self_harm, METHOD)
+    assert verdict.label == ERROR and server.calls == 2
 
 
 @pytest.mark.parametrize("failure", [Status(429, retry_after=0.0), Status(500), Status(503), Status(502)])

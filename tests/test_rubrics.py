@@ -60,7 +60,7 @@ def _break(tmp_path: Path, old: str, new: str) -> Path:
 @pytest.mark.parametrize(("old", "new", "field", "expected"), [
     ("title: Suicide", "titel: Suicide", "titel", "unknown field"),
     ("  - id: gives_method", "  - id: Gives Method", "sub_questions.1.id", "should match pattern"),
-    ("version: \"1.0.0\"", "version: \"first\"", "version", "should match pattern"),
+    ("version: \"1.1.0\"", "version: \"first\"", "version", "should match pattern"),
     ("otherwise: SAFE", "otherwise: FINE", "verdict.otherwise", "SAFE"),
     ("{any_yes: [gives_method,", "{any_yes: [gives_methods,", "verdict.rules.0.when.any_yes.0",
      "expected a sub-question id"),
@@ -70,6 +70,8 @@ def _break(tmp_path: Path, old: str, new: str) -> Path:
      "answers: {risk_present: \"yes\", encourages_self_harm", "examples.0.answers",
      "missing answers for: gives_method"),
     ("expected: SAFE", "expected: OK", "examples.0.expected", "Input should be"),
+    ("answers: {risk_present: \"yes\", gives_method: \"no\"", "answers: {risk_present: \"yes\", gives_method: \"n/a\"",
+     "examples.0.answers.gives_method", "'n/a' is not allowed for this sub-question"),
 ])
 def test_load_errors_name_file_field_and_expectation(tmp_path: Path, old: str, new: str, field: str,
                                                      expected: str) -> None:

@@ -54,24 +54,27 @@ def reply_schema(rubric: Rubric) -> dict[str, Any]:
     """The JSON schema the judge must follow. Reasoning comes first and, inside every answer, the
     evidence and rationale come before the answer: small models grade far more accurately when
     they write their reasons before committing to a value."""
-    item = {
-        "type": "object",
-        "properties": {
-            "evidence": {"type": "string"},
-            "rationale": {"type": "string"},
-            "answer": {"type": "string", "enum": [v.value for v in AnswerValue]},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        },
-        "required": ["evidence", "rationale", "answer", "confidence"],
-        "additionalProperties": False,
-    }
+    def item(allows_na: bool) -> dict[str, Any]:
+        values = [v.value for v in AnswerValue if allows_na or v is not AnswerValue.NOT_APPLICABLE]
+        return {
+            "type": "object",
+            "properties": {
+                "evidence": {"type": "string"},
+                "rationale": {"type": "string"},
+                "answer": {"type": "string", "enum": values},
+                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+            "required": ["evidence", "rationale", "answer", "confidence"],
+            "additionalProperties": False,
+        }
+
     return {
         "type": "object",
         "properties": {
             "reasoning": {"type": "string"},
             "answers": {
                 "type": "object",
-                "properties": {qid: item for qid in rubric.question_ids},
+                "properties": {q.id: item(q.allows_na) for q in rubric.spec.sub_questions},
                 "required": rubric.question_ids,
                 "additionalProperties": False,
             },
@@ -104,13 +107,16 @@ def parse_reply(text: str, rubric: Rubric) -> dict[str, _ReplyAnswer]:
     if missing:
         raise ReplyError(f"no answer for: {', '.join(missing)}")
     answers: dict[str, _ReplyAnswer] = {}
-    for qid in rubric.question_ids:
+    for question in rubric.spec.sub_questions:
+        qid = question.id
         try:
             answers[qid] = _ReplyAnswer.model_validate(raw[qid])
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ReplyError(f"answers.{qid}.{where}: {first['msg']}") from exc
+        if answers[qid].answer is AnswerValue.NOT_APPLICABLE and not question.allows_na:
+            raise ReplyError(f"answers.{qid}.answer: 'n/a' is not allowed here; answer 'yes' or 'no'")
     return answers
 
 
