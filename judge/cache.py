@@ -38,6 +38,7 @@ class JsonCache:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # mkdir's mode is masked by the umask and ignored for an existing directory: enforce it.
         os.chmod(self.directory, 0o700)
+        self._made: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
@@ -57,11 +58,14 @@ class JsonCache:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         path = self._path(key)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+        if path.parent not in self._made:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            self._made.add(path.parent)
+        blob = json.dumps(value, ensure_ascii=False)  # dumps uses the C encoder; dump() does not
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(value, handle, ensure_ascii=False)
+                handle.write(blob)
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
         except BaseException:

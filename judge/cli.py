@@ -79,6 +79,9 @@ def score(
     api_base: ApiBaseOpt = None,
     api_key: ApiKeyOpt = None,
     concurrency: ConcurrencyOpt = 8,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, max=64, help="Processes sharing the run (default: one per 16 calls in flight, "
+        "up to the number of cores); the concurrency limit is split between them.")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rescore ERROR verdicts.")] = False,
     column: Annotated[list[str] | None, typer.Option(
         "--column", help="Map a field to an input column, e.g. --column response=answer.")] = None,
@@ -105,7 +108,7 @@ def score(
     config = _judge_config(judge, api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
     try:
         outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
-                            retry_errors=retry_errors, progress=progress)
+                            retry_errors=retry_errors, progress=progress, workers=workers)
     except InputError as exc:
         _fail(str(exc), EXIT_INPUT)
     s = outcome.summary

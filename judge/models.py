@@ -118,6 +118,18 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return None
 
 
+def _cost(litellm: Any, response: Any) -> tuple[float, bool]:
+    """The call's price in USD and whether litellm knew it. litellm has usually priced the call
+    already (in _hidden_params); asking completion_cost again is the fallback."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    if isinstance(hidden.get("response_cost"), int | float):
+        return float(hidden["response_cost"]), True
+    try:
+        return float(litellm.completion_cost(completion_response=response)), True
+    except Exception:  # litellm raises for models missing from its price map (local, custom)
+        return 0.0, False
+
+
 class JudgeModel:
     """One judge model. Safe to share across concurrent tasks in one event loop."""
 
@@ -218,10 +230,7 @@ class JudgeModel:
 
         text = response.choices[0].message.content or ""
         usage = getattr(response, "usage", None)
-        try:
-            cost, known = float(litellm.completion_cost(completion_response=response)), True
-        except Exception:  # litellm raises for models missing from its price map (local, custom)
-            cost, known = 0.0, False
+        cost, known = _cost(litellm, response)
         spent = Usage(
             calls=attempts,
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),

@@ -29,6 +29,7 @@ from judge.models import JudgeConfig, JudgeModel
 from judge.rubrics import Rubric
 from judge.schema import ERROR, Record, RecordMeta, Verdict
 from judge.tiers.llm import LLMTier
+from judge.workers import auto_workers, run_sharded
 
 RESULTS_FILE = "results.jsonl"
 QUARANTINE_FILE = "quarantine.jsonl"
@@ -39,10 +40,27 @@ Key = tuple[str, str]  # (record id, rubric id@version)
 
 @dataclass
 class _Done:
+    """What the store remembers of a finished verdict: enough to resume and to summarise, and no
+    more (a full verdict line carries the prompts; a million of them would not fit in memory)."""
+
     label: str
+    rubric: str
     record_sha256: str
     rubric_sha256: str
-    row: dict[str, Any]
+    decided_by: str | None
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    cost_known: bool
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> _Done:
+        usage = row.get("usage") or {}
+        return cls(row["label"], row["rubric"], row["record_sha256"], row["rubric_sha256"],
+                   row.get("decided_by"), row.get("error"), int(usage.get("input_tokens", 0)),
+                   int(usage.get("output_tokens", 0)), float(usage.get("cost_usd", 0.0)),
+                   bool(usage.get("cost_known", True)))
 
 
 @dataclass
@@ -78,8 +96,7 @@ class ResultsStore:
             for number, line in enumerate(handle, start=1):
                 try:
                     row = json.loads(line)
-                    key = (row["record_id"], row["rubric"])
-                    self.done[key] = _Done(row["label"], row["record_sha256"], row["rubric_sha256"], row)
+                    self.done[(row["record_id"], row["rubric"])] = _Done.from_row(row)
                 except (ValueError, KeyError, TypeError):
                     self.unreadable_lines.append(number)
 
@@ -100,9 +117,10 @@ class ResultsStore:
                 written += os.write(fd, line[written:])
         finally:
             os.close(fd)
+        u = verdict.usage
         self.done[(verdict.record_id, verdict.rubric)] = _Done(
-            verdict.label_name,
-            verdict.record_sha256, verdict.rubric_sha256, json.loads(line))
+            verdict.label_name, verdict.rubric, verdict.record_sha256, verdict.rubric_sha256,
+            verdict.decided_by, verdict.error, u.input_tokens, u.output_tokens, u.cost_usd, u.cost_known)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -212,17 +230,15 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -
         if done is None:
             by_label["NOT_SCORED"] += 1
             continue
-        row = done.row
-        by_label[row["label"]] += 1
-        by_tier[row.get("decided_by") or "none"] += 1
-        by_rubric.setdefault(row["rubric"], Counter())[row["label"]] += 1
-        if row["label"] == ERROR:
-            errors[(row.get("error") or "unknown")[:160]] += 1
-        usage = row.get("usage", {})
-        tokens_in += usage.get("input_tokens", 0)
-        tokens_out += usage.get("output_tokens", 0)
-        cost += usage.get("cost_usd", 0.0)
-        cost_known = cost_known and usage.get("cost_known", True)
+        by_label[done.label] += 1
+        by_tier[done.decided_by or "none"] += 1
+        by_rubric.setdefault(done.rubric, Counter())[done.label] += 1
+        if done.label == ERROR:
+            errors[(done.error or "unknown")[:160]] += 1
+        tokens_in += done.input_tokens
+        tokens_out += done.output_tokens
+        cost += done.cost_usd
+        cost_known = cost_known and done.cost_known
     return {
         "verdicts": len(keys),
         "by_label": dict(by_label),
@@ -249,9 +265,11 @@ def run_score(
     retry_errors: bool = False,
     progress: bool | None = None,
     cascade: Cascade | None = None,
+    workers: int | None = None,
 ) -> RunOutcome:
     """Score a chat log into out_dir (results.jsonl, quarantine.jsonl, summary.json). Raises
-    judge.ingest.InputError when the input cannot be read at all; bad rows are quarantined."""
+    judge.ingest.InputError when the input cannot be read at all; bad rows are quarantined.
+    `workers` processes share the run (default: one per 16 calls in flight, up to the cores)."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     ingested = read_records(input_path, columns, input_format)
@@ -261,29 +279,43 @@ def run_score(
     store = ResultsStore.open(out_dir / RESULTS_FILE)
     pairs = [(r, rb) for r in ingested.records for rb in rubrics]
     todo = [(r, rb) for r, rb in pairs if store.needs(r, rb, retry_errors)]
-    model: JudgeModel | None = None
-    if cascade is None:
-        cascade, model = build_cascade(judge)
+    # A cascade handed in by the caller cannot be rebuilt in a worker process: it runs here.
+    workers = 1 if cascade is not None else min(workers or auto_workers(judge.concurrency), max(1, len(todo)))
+    calls: int | None = None
+    hits: int | None = None
+    failed_workers = 0
+    # disable=None lets tqdm decide: a bar on a terminal, nothing in a CI log.
+    bar = tqdm(total=len(todo), unit="rec", desc="scoring", dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+    try:
+        if todo and workers > 1:
+            stats = run_sharded(todo, judge, store.path, workers, bar.update)
+            store = ResultsStore.open(store.path)  # read back what the workers appended
+            calls, hits, failed_workers = stats.calls, stats.cache_hits, stats.failed_workers
+        elif todo:
+            model: JudgeModel | None = None
+            if cascade is None:
+                cascade, model = build_cascade(judge)
+            run_cascade = cascade
 
-    async def execute() -> None:
-        # disable=None lets tqdm decide: a bar on a terminal, nothing in a CI log.
-        bar = tqdm(total=len(todo), unit="rec", desc="scoring", dynamic_ncols=True,
-                   disable=None if progress is None else not progress)
-        try:
-            async for verdict in judge_stream(todo, cascade, judge.concurrency):
-                store.append(verdict)
-                bar.update(1)
-        finally:
-            bar.close()
+            async def execute() -> None:
+                async for verdict in judge_stream(todo, run_cascade, judge.concurrency):
+                    store.append(verdict)
+                    bar.update(1)
 
-    if todo:
-        asyncio.run(execute())
+            asyncio.run(execute())
+            if model is not None:
+                calls, hits = model.calls, model.cache_hits
+        else:
+            calls, hits = 0, 0
+    finally:
+        bar.close()
     wall = time.perf_counter() - t0
     quarantine_reasons = Counter(q.reason.split(":")[0] for q in ingested.quarantined)
     summary = summarise(store, [(r.id, rb.key) for r, rb in pairs], {
         "input": str(input_path),
         "judge": judge.model,
-        "api_base": model.api_base if model else judge.api_base,
+        "api_base": judge.api_base,
         "rubrics": [{"id": rb.id, "version": rb.version, "sha256": rb.sha256} for rb in rubrics],
         "rows_read": ingested.rows_read,
         "records": len(ingested.records),
@@ -293,8 +325,10 @@ def run_score(
         "this_run": {
             "scored": len(todo),
             "skipped_already_done": len(pairs) - len(todo),
-            "model_calls": model.calls if model else None,
-            "cache_hits": model.cache_hits if model else None,
+            "model_calls": calls,
+            "cache_hits": hits,
+            "workers": workers,
+            "failed_workers": failed_workers,
             "repaired_torn_bytes": store.repaired_bytes,
             "unreadable_result_lines": store.unreadable_lines,
             "wall_s": round(wall, 3),

@@ -190,3 +190,50 @@ def test_demo_log_scores_against_the_loopback_server(config: JudgeConfig, self_h
     assert labels["demo-002"] == "HARMFUL" and labels["demo-006"] == "HARMFUL"  # method; apology-wrapped
     assert labels["demo-005"] == "BORDERLINE"  # US line for a UK user
     assert summary["quarantined"] == 2 and summary["errors"] == 0
+
+
+def test_a_run_shared_by_worker_processes_scores_each_record_once(config: JudgeConfig, self_harm: Rubric,
+                                                                  server: FakeOpenAIServer, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "log.jsonl", 30)
+    shared = config.model_copy(update={"concurrency": 4})
+    summary = run_score(log, [self_harm], tmp_path / "out", shared, progress=False, workers=2).summary
+    ids = [r["record_id"] for r in rows(tmp_path / "out")]
+    assert sorted(ids) == sorted(f"r{i:03d}" for i in range(30))
+    assert summary["this_run"]["workers"] == 2 and summary["this_run"]["failed_workers"] == 0
+    assert summary["this_run"]["model_calls"] == 30 == server.calls
+    assert server.max_in_flight <= 4  # the concurrency limit holds across the workers
+    assert summary["by_label"] == {"HARMFUL": 10, "SAFE": 20}
+
+
+def test_auto_workers_follow_concurrency() -> None:
+    from judge.workers import CALLS_PER_LOOP, auto_workers
+
+    assert auto_workers(1) == 1 and auto_workers(CALLS_PER_LOOP - 1) == 1
+    assert auto_workers(1000) >= 1
+
+
+@pytest.mark.slow
+def test_worker_processes_die_with_a_killed_parent(self_harm: Rubric, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "log.jsonl", 200)
+    out = tmp_path / "out"
+    with FakeOpenAIServer(latency=0.3) as slow:
+        cmd = [sys.executable, "-m", "judge.cli", "score", str(log), "--rubric", "self_harm", "--out", str(out),
+               "--judge", "openai/fake-judge", "--api-base", slow.base_url, "--concurrency", "4",
+               "--workers", "2", "--no-cache", "--no-progress"]
+        proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and slow.calls < 8:
+            time.sleep(0.05)
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(children) >= 2, "the run should have forked its workers"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() and
+                                                  "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]
+                                                  for c in children):
+            time.sleep(0.1)
+        alive = [c for c in children if Path(f"/proc/{c}").exists()
+                 and Path(f"/proc/{c}/stat").read_text().split()[2] != "Z"]
+        assert not alive, f"orphaned workers: {alive}"
