@@ -41,7 +41,8 @@ class Cascade:
                 result = result.model_copy(update={"label": None})
             results.append(result)
             last = position == len(self.tiers) - 1
-            if result.label is not None and (last or result.confidence >= self.thresholds.get(tier.name, 0.0)):
+            sure = result.confidence is not None and result.confidence >= self.thresholds.get(tier.name, 0.0)
+            if result.label is not None and (last or sure):
                 decided = result
                 break
         usage = sum((r.usage for r in results), Usage())

@@ -44,6 +44,9 @@ class JudgeConfig(Strict):
     retry_max_wait_s: float = Field(default=60.0, ge=0)
     concurrency: int = Field(default=8, ge=1, le=1024, description="In-flight calls per provider.")
     structured_output: bool = Field(default=True, description="Send a json_schema response_format.")
+    compact_answers: bool = Field(
+        default=False, description="Ask only for evidence and an answer per sub-question (no per-answer "
+        "rationale or confidence): for small local models, where every output token costs time.")
     use_cache: bool = True
     cache_dir: Path | None = None
     litellm_params: dict[str, Any] = Field(

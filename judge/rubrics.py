@@ -291,6 +291,7 @@ _SAMPLE_CONTEXT: dict[str, Any] = {
     "region": "unknown",
     "user_risk_tier": "unknown",
     "apology_stripped": False,
+    "compact": False,
 }
 
 

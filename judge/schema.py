@@ -119,7 +119,8 @@ class Answer(Strict):
         default=None, description="Whether the evidence quote was found in the judged text."
     )
     rationale: str = ""
-    confidence: float = Field(default=1.0, ge=0.0, le=1.0)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0,
+                                     description="The judge's own confidence; None when it gave none.")
 
 
 class Usage(Strict):
@@ -163,7 +164,8 @@ class TierResult(Strict):
 
     tier: str
     label: Label | None = None
-    confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0,
+                                     description="None when the tier gave no confidence.")
     answers: list[Answer] = Field(default_factory=list)
     fired_rule: str | None = Field(
         default=None, description="Which verdict rule produced the label, for the audit trail."

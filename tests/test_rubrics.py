@@ -33,7 +33,7 @@ def test_every_rubric_loads_renders_and_passes_its_examples(rubric_id: str) -> N
     assert rubric.key == f"{rubric.id}@{rubric.version}"
     for q in rubric.spec.sub_questions:  # factual sub-questions, never "is this safe?"
         assert "safe" not in q.text.lower().split("?")[0].split()[-3:]
-    system = rubric.render("system", conversation=[], response="x", tag="T", region="US",
+    system = rubric.render("system", conversation=[], response="x", tag="T", region="US", compact=False,
                           user_risk_tier="unknown", apology_stripped=False)
     for q in rubric.spec.sub_questions:
         assert q.id in system
@@ -60,7 +60,7 @@ def _break(tmp_path: Path, old: str, new: str) -> Path:
 @pytest.mark.parametrize(("old", "new", "field", "expected"), [
     ("title: Suicide", "titel: Suicide", "titel", "unknown field"),
     ("  - id: gives_method", "  - id: Gives Method", "sub_questions.1.id", "should match pattern"),
-    ("version: \"1.1.0\"", "version: \"first\"", "version", "should match pattern"),
+    ("version: \"1.2.0\"", "version: \"first\"", "version", "should match pattern"),
     ("otherwise: SAFE", "otherwise: FINE", "verdict.otherwise", "SAFE"),
     ("{any_yes: [gives_method,", "{any_yes: [gives_methods,", "verdict.rules.0.when.any_yes.0",
      "expected a sub-question id"),

@@ -33,7 +33,7 @@ class _ReplyAnswer(BaseModel):
     evidence: str = ""
     rationale: str = ""
     answer: AnswerValue
-    confidence: float = Field(ge=0.0, le=1.0)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @field_validator("answer", mode="before")
     @classmethod
@@ -50,28 +50,30 @@ class _ReplyAnswer(BaseModel):
         return "" if value is None else value
 
 
-def reply_schema(rubric: Rubric) -> dict[str, Any]:
+def reply_schema(rubric: Rubric, compact: bool = False) -> dict[str, Any]:
     """The JSON schema the judge must follow. Reasoning comes first and, inside every answer, the
-    evidence and rationale come before the answer: small models grade far more accurately when
-    they write their reasons before committing to a value."""
+    evidence (and rationale) come before the answer: small models grade far more accurately when
+    they write their reasons before committing to a value. `compact` drops the per-answer rationale
+    and confidence and bounds the free text, for small local models where output tokens are slow."""
+
     def item(allows_na: bool) -> dict[str, Any]:
         values = [v.value for v in AnswerValue if allows_na or v is not AnswerValue.NOT_APPLICABLE]
-        return {
-            "type": "object",
-            "properties": {
-                "evidence": {"type": "string"},
-                "rationale": {"type": "string"},
-                "answer": {"type": "string", "enum": values},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-            "required": ["evidence", "rationale", "answer", "confidence"],
-            "additionalProperties": False,
-        }
+        if compact:
+            props: dict[str, Any] = {"evidence": {"type": "string", "maxLength": 160}}
+        else:
+            props = {"evidence": {"type": "string"}, "rationale": {"type": "string"}}
+        props["answer"] = {"type": "string", "enum": values}
+        if not compact:
+            props["confidence"] = {"type": "number", "minimum": 0, "maximum": 1}
+        return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
+    reasoning: dict[str, Any] = {"type": "string"}
+    if compact:
+        reasoning["maxLength"] = 400
     return {
         "type": "object",
         "properties": {
-            "reasoning": {"type": "string"},
+            "reasoning": reasoning,
             "answers": {
                 "type": "object",
                 "properties": {q.id: item(q.allows_na) for q in rubric.spec.sub_questions},
@@ -84,9 +86,9 @@ def reply_schema(rubric: Rubric) -> dict[str, Any]:
     }
 
 
-def response_format(rubric: Rubric) -> dict[str, Any]:
-    return {"type": "json_schema",
-            "json_schema": {"name": f"{rubric.id}_answers", "schema": reply_schema(rubric), "strict": True}}
+def response_format(rubric: Rubric, compact: bool = False) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {
+        "name": f"{rubric.id}_answers", "schema": reply_schema(rubric, compact), "strict": True}}
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
@@ -137,7 +139,8 @@ def _verified(evidence: str, sources: list[str]) -> bool | None:
     return any(quote in _squash(source) for source in sources)
 
 
-def build_messages(record: Record, rubric: Rubric) -> tuple[list[dict[str, str]], str, str | None]:
+def build_messages(record: Record, rubric: Rubric,
+                   compact: bool = False) -> tuple[list[dict[str, str]], str, str | None]:
     """The rendered prompt, the text shown as the response, and that text when apology
     framing was stripped from it (None otherwise)."""
     stripped = strip_apology(record.response)
@@ -151,6 +154,7 @@ def build_messages(record: Record, rubric: Rubric) -> tuple[list[dict[str, str]]
         "region": record.meta.region or "unknown",
         "user_risk_tier": record.meta.user_risk_tier.value if record.meta.user_risk_tier else "unknown",
         "apology_stripped": stripped.changed,
+        "compact": compact,
     }
     # The system message depends on the rubric only, the user message on the record: a server
     # with a prompt cache keeps the rubric prefix warm across records.
@@ -169,8 +173,9 @@ class LLMTier:
         self.model = model
 
     async def __call__(self, record: Record, rubric: Rubric) -> TierResult:
-        messages, shown, judged_text = build_messages(record, rubric)
-        fmt = response_format(rubric)
+        compact = self.model.config.compact_answers
+        messages, shown, judged_text = build_messages(record, rubric, compact)
+        fmt = response_format(rubric, compact)
         exchanges: list[Exchange] = []
         usage = Usage()
         result = TierResult(tier=self.name, model=self.model.config.model, judged_text=judged_text)
@@ -218,9 +223,10 @@ class LLMTier:
             for qid, a in parsed.items()
         ]
         decision = rubric.decide({a.question_id: a.value for a in answers})
-        # The label is only as sure as the least sure answer it rests on.
+        # The label is only as sure as the least sure answer it rests on (None if none were given).
         basis = decision.because or rubric.question_ids
-        confidence = min(a.confidence for a in answers if a.question_id in basis)
+        stated = [a.confidence for a in answers if a.question_id in basis and a.confidence is not None]
+        confidence = min(stated) if stated else None
         return result.model_copy(update={
             "label": decision.label, "confidence": confidence, "answers": answers,
             "fired_rule": decision.rule, "usage": usage, "exchanges": exchanges})
