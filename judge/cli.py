@@ -7,14 +7,18 @@ Exit codes: 0 ok; 1 a rubric's examples failed or an internal error; 2 bad usage
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import SecretStr, ValidationError
 
 from judge.ingest import ColumnMap, InputError
+from judge.judges import JudgeSelectionError, choose_judge, open_judge
+from judge.local_judge import LocalJudgeError
 from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
 from judge.rubrics import Rubric, RubricError, available_rubrics, check_examples, load_rubric
 
@@ -41,22 +45,30 @@ def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:
         _fail(str(exc), EXIT_USAGE)
 
 
-def _judge_config(judge: str | None, api_base: str | None, api_key: str | None, concurrency: int,
-                  max_attempts: int, timeout: float, cache_dir: Path | None, no_cache: bool) -> JudgeConfig:
-    if not judge:
-        _fail("no judge model: pass --judge MODEL, any litellm model string (for example "
-              "openai/gpt-4o-mini with OPENAI_API_KEY set, or openai/NAME --api-base URL for an "
-              "OpenAI-compatible server such as llama.cpp, vLLM or Ollama)", EXIT_USAGE)
+def _judge_options(api_base: str | None, api_key: str | None, concurrency: int, max_attempts: int,
+                   timeout: float, cache_dir: Path | None, no_cache: bool) -> dict[str, Any]:
+    return {"api_base": api_base, "api_key": SecretStr(api_key) if api_key else None, "concurrency": concurrency,
+            "max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache}
+
+
+@contextlib.contextmanager
+def _judge(judge: str | None, options: dict[str, Any]) -> Iterator[tuple[JudgeConfig, str]]:
+    """The chosen judge's config, with a local server running while the block runs. Every way a
+    judge cannot be had is a usage error (exit 2) with the reason and the fix."""
     try:
-        return JudgeConfig(model=judge, api_base=api_base, api_key=SecretStr(api_key) if api_key else None,
-                           concurrency=concurrency, max_attempts=max_attempts, timeout_s=timeout,
-                           cache_dir=cache_dir, use_cache=not no_cache)
+        choice = choose_judge(judge)
+        with open_judge(choice, **options) as config:
+            yield config, choice.description
+    except (JudgeSelectionError, LocalJudgeError) as exc:
+        _fail(str(exc), EXIT_USAGE)
     except ValidationError as exc:
         first = exc.errors()[0]
         _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", EXIT_USAGE)
 
 
-JudgeOpt = Annotated[str | None, typer.Option("--judge", "-j", help="litellm model string of the judge.")]
+JudgeOpt = Annotated[str | None, typer.Option(
+    "--judge", "-j", help="A litellm model string, 'local' for the embedded judge, or a .gguf path. Default: "
+    "the embedded judge when no provider key is set and psyjudge[local] is installed.")]
 ApiBaseOpt = Annotated[str | None, typer.Option("--api-base", envvar=API_BASE_ENV,
                                                 help="Base URL of an OpenAI-compatible server.")]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar=API_KEY_ENV, show_default=False,
@@ -92,6 +104,8 @@ def score(
     no_cache: NoCacheOpt = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                   help="Progress bar (default: on a terminal).")] = None,
+    show: Annotated[bool | None, typer.Option("--show/--no-show", help="Print each verdict with its evidence "
+                                              "(default: when at most 25 were scored).")] = None,
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Score every response in INPUT under each rubric; write results.jsonl, quarantine.jsonl and
@@ -105,23 +119,45 @@ def score(
     except ValueError as exc:
         _fail(f"--column: {exc}", EXIT_USAGE)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
-    config = _judge_config(judge, api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
-    try:
-        outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
-                            retry_errors=retry_errors, progress=progress, workers=workers)
-    except InputError as exc:
-        _fail(str(exc), EXIT_INPUT)
+    options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
+    with _judge(judge, options) as (config, description):
+        typer.echo(f"judge: {description}", err=True)
+        try:
+            outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
+                                retry_errors=retry_errors, progress=progress, workers=workers,
+                                judge_description=description)
+        except InputError as exc:
+            _fail(str(exc), EXIT_INPUT)
     s = outcome.summary
     run = s["this_run"]
+    if show if show is not None else 0 < run["scored"] <= SHOW_AT_MOST:
+        _show_verdicts(out)
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s["by_label"].items()))
     typer.echo(f"{s['verdicts']} verdicts ({labels}); {s['quarantined']} row(s) quarantined; "
                f"{run['scored']} scored now, {run['skipped_already_done']} already done")
     if run["scored"]:
-        typer.echo(f"{run['wall_s'] / run['scored']:.3f} s per record; judge {s['judge']}; "
+        typer.echo(f"{run['wall_s'] / run['scored']:.3f} s per record; judge {s['judge_description']}; "
                    f"{run['model_calls']} model call(s), {run['cache_hits']} cache hit(s); "
                    f"cost ${s['cost_usd']:.4f}{'' if s['cost_complete'] else ' (price unknown for this model)'}")
     typer.echo(f"results:    {out / 'results.jsonl'}\nsummary:    {out / 'summary.json'}\n"
                f"quarantine: {out / 'quarantine.jsonl'}")
+
+
+SHOW_AT_MOST = 25
+
+
+def _show_verdicts(out: Path) -> None:
+    """Each verdict with the sub-questions answered yes and their evidence."""
+    from judge.runner import read_verdicts
+
+    for row in read_verdicts(out):
+        tier = next((t for t in row["tiers"] if t["tier"] == row.get("decided_by")), None)
+        why = tier["fired_rule"] if tier else row.get("error")
+        typer.echo(f"{row['record_id']:<16} {row['label']:<10} {row['rubric']}  ({why})")
+        for answer in (tier or {}).get("answers", []):
+            if answer["value"] == "yes":
+                quote = " ".join(answer["evidence"].split())[:90]
+                typer.echo(f"{'':<18}yes  {answer['question_id']:<22} \"{quote}\"")
 
 
 @rubric_app.command("list")
@@ -217,16 +253,33 @@ def rubric_test(
     if judge:
         from judge.runner import build_cascade, judge_examples
 
-        config = _judge_config(judge, api_base, api_key, concurrency, 4, 120.0, cache_dir, no_cache)
-        cascade, _ = build_cascade(config)
-        typer.echo(f"{rubric.key}: judge {config.model}")
-        for example_id, expected, verdict in judge_examples(rubric, cascade, concurrency):
-            ok = verdict.label_name == expected
-            failed += not ok
-            why = verdict.error or next((t.fired_rule for t in verdict.tiers if t.fired_rule), "")
-            typer.echo(f"  {'ok  ' if ok else 'FAIL'} {example_id:<28} expected {expected:<10} got "
-                       f"{verdict.label_name} ({why})")
+        options = _judge_options(api_base, api_key, concurrency, 4, 120.0, cache_dir, no_cache)
+        with _judge(judge, options) as (config, description):
+            cascade, _ = build_cascade(config)
+            typer.echo(f"{rubric.key}: judge {description}")
+            for example_id, expected, verdict in judge_examples(rubric, cascade, config.concurrency):
+                ok = verdict.label_name == expected
+                failed += not ok
+                why = verdict.error or next((t.fired_rule for t in verdict.tiers if t.fired_rule), "")
+                typer.echo(f"  {'ok  ' if ok else 'FAIL'} {example_id:<28} expected {expected:<10} got "
+                           f"{verdict.label_name} ({why})")
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@app.command()
+def doctor(
+    judge: JudgeOpt = None,
+    start: Annotated[bool, typer.Option("--start/--no-start", help="Try starting the local server.")] = True,
+) -> None:
+    """Report which tiers are available, the judge a run would use, whether the embedded model file
+    verifies, and whether a local server can start. Exit 1 if anything needed is missing."""
+    from judge.judges import diagnose
+
+    checks = diagnose(judge, start)
+    for check in checks:
+        typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<15} {check.detail}")
+    needed = {"tiers", "judge", "server"} | ({"model file", "server package"} if judge in (None, "local") else set())
+    raise typer.Exit(EXIT_OK if all(c.ok for c in checks if c.name in needed) else EXIT_FAILED)
 
 
 def main() -> None:

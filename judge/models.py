@@ -237,6 +237,7 @@ class JudgeModel:
         spent = Usage(
             calls=attempts,
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            cached_input_tokens=int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             cost_usd=cost,
             cost_known=known,

@@ -9,12 +9,13 @@ line for the same key supersedes an earlier one (that is how a retried ERROR is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,6 +122,17 @@ class ResultsStore:
         self.done[(verdict.record_id, verdict.rubric)] = _Done(
             verdict.label_name, verdict.rubric, verdict.record_sha256, verdict.rubric_sha256,
             verdict.decided_by, verdict.error, u.input_tokens, u.output_tokens, u.cost_usd, u.cost_known)
+
+
+def read_verdicts(out_dir: Path) -> Iterator[dict[str, Any]]:
+    """The verdict rows of a run folder, latest per (record, rubric), in file order."""
+    latest: dict[Key, dict[str, Any]] = {}
+    with open(out_dir / RESULTS_FILE, encoding="utf-8") as handle:
+        for line in handle:
+            with contextlib.suppress(ValueError, KeyError):
+                row = json.loads(line)
+                latest[(row["record_id"], row["rubric"])] = row
+    yield from latest.values()
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -266,6 +278,7 @@ def run_score(
     progress: bool | None = None,
     cascade: Cascade | None = None,
     workers: int | None = None,
+    judge_description: str | None = None,
 ) -> RunOutcome:
     """Score a chat log into out_dir (results.jsonl, quarantine.jsonl, summary.json). Raises
     judge.ingest.InputError when the input cannot be read at all; bad rows are quarantined.
@@ -315,6 +328,7 @@ def run_score(
     summary = summarise(store, [(r.id, rb.key) for r, rb in pairs], {
         "input": str(input_path),
         "judge": judge.model,
+        "judge_description": judge_description or judge.model,
         "api_base": judge.api_base,
         "rubrics": [{"id": rb.id, "version": rb.version, "sha256": rb.sha256} for rb in rubrics],
         "rows_read": ingested.rows_read,

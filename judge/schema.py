@@ -129,6 +129,8 @@ class Usage(Strict):
     calls: int = 0
     cached_calls: int = 0
     input_tokens: int = 0
+    cached_input_tokens: int = Field(default=0, description="Input tokens the provider served from its "
+                                     "prompt cache (for the local judge: the rubric prefix kept warm).")
     output_tokens: int = 0
     cost_usd: float = 0.0
     cost_known: bool = Field(
@@ -141,6 +143,7 @@ class Usage(Strict):
             calls=self.calls + other.calls,
             cached_calls=self.cached_calls + other.cached_calls,
             input_tokens=self.input_tokens + other.input_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cost_usd=self.cost_usd + other.cost_usd,
             cost_known=self.cost_known and other.cost_known,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from judge.judges import PROVIDER_KEY_VARS
 from judge.models import JudgeConfig
 from judge.rubrics import Rubric, load_rubric
 from tests.fakes.keyword_judge import respond
@@ -41,7 +42,7 @@ def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
     # Keep every run's cache and keys out of the developer's home directory and environment.
     monkeypatch.setenv("PSYJUDGE_CACHE_DIR", str(tmp_path / "judge-cache"))
-    for var in ("OPENAI_API_KEY", "PSYJUDGE_API_KEY", "PSYJUDGE_API_BASE", "PSYJUDGE_RUBRICS_PATH"):
+    for var in (*PROVIDER_KEY_VARS, "PSYJUDGE_API_BASE", "PSYJUDGE_RUBRICS_PATH"):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -37,7 +37,6 @@ def test_score_demo_log_end_to_end(server: FakeOpenAIServer, tmp_path: Path) -> 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["score", str(DEMO_LOG), "--rubric", "nope", "--judge", "openai/x"], 2, "unknown rubric"),
     (["score", "missing.jsonl", "--rubric", "self_harm", "--judge", "openai/x"], 3, "no such file"),
-    (["score", str(DEMO_LOG), "--rubric", "self_harm"], 2, "no judge model: pass --judge MODEL"),
     (["score", str(DEMO_LOG), "--rubric", "self_harm", "--judge", "openai/x", "--format", "xml"], 2,
      "--format: expected jsonl, csv or parquet"),
     (["score", str(DEMO_LOG), "--rubric", "self_harm", "--judge", "openai/x", "--column", "answer=resp"], 2,
@@ -50,6 +49,30 @@ def test_exit_codes_and_clear_errors(args: list[str], code: int, message: str, t
     result = runner.invoke(app, [*args, *(["--out", str(tmp_path / "o")] if args[0] == "score" else [])])
     assert result.exit_code == code, result.output
     assert message in result.output
+
+
+def test_no_judge_and_no_local_extra_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("judge.judges.extra_installed", lambda: False)
+    for args in ([], ["--judge", "local"]):
+        result = runner.invoke(app, ["score", str(DEMO_LOG), "--rubric", "self_harm", "--out", str(tmp_path), *args])
+        assert result.exit_code == 2, result.output
+        assert 'pip install "psyjudge[local]"' in result.output and "--judge MODEL" in result.output
+
+
+def test_a_provider_key_without_a_judge_asks_for_the_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    result = runner.invoke(app, ["score", str(DEMO_LOG), "--rubric", "self_harm", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "ANTHROPIC_API_KEY is set but no --judge was given" in result.output
+
+
+def test_judge_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from judge.judges import choose_judge
+
+    monkeypatch.setattr("judge.judges.extra_installed", lambda: True)
+    assert choose_judge(None).kind == "local" and choose_judge("local").kind == "local"
+    assert choose_judge("openai/gpt-4o-mini").model == "openai/gpt-4o-mini"
+    assert choose_judge("~/models/x.GGUF").kind == "gguf"
+    assert "embedded qwen2.5-coder-1.5b-instruct-q4_k_m" in choose_judge("local").description
 
 
 def test_unreadable_input_kind(tmp_path: Path) -> None:
