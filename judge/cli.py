@@ -92,8 +92,8 @@ def score(
     api_key: ApiKeyOpt = None,
     concurrency: ConcurrencyOpt = 8,
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, max=64, help="Processes sharing the run (default: one per 16 calls in flight, "
-        "up to the number of cores); the concurrency limit is split between them.")] = None,
+        "--workers", min=1, max=64, help="Processes sharing the run (default: one per 8 calls in flight, "
+        "up to twice the cores); the concurrency limit is split between them.")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rescore ERROR verdicts.")] = False,
     column: Annotated[list[str] | None, typer.Option(
         "--column", help="Map a field to an input column, e.g. --column response=answer.")] = None,

@@ -73,7 +73,7 @@ class JudgeCallError(Exception):
         self.usage = usage
 
 
-def _litellm() -> Any:
+def load_litellm() -> Any:
     import litellm
 
     litellm.suppress_debug_info = True  # no "Give Feedback" banners in a batch log
@@ -200,7 +200,7 @@ class JudgeModel:
                 self.cache_hits += 1
                 return ModelReply(hit["text"], Usage(cached_calls=1), cached=True, key=key, attempts=0)
 
-        litellm = _litellm()
+        litellm = load_litellm()
         attempts = 0
         started = time.perf_counter()
         retrying = AsyncRetrying(

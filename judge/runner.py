@@ -282,7 +282,7 @@ def run_score(
 ) -> RunOutcome:
     """Score a chat log into out_dir (results.jsonl, quarantine.jsonl, summary.json). Raises
     judge.ingest.InputError when the input cannot be read at all; bad rows are quarantined.
-    `workers` processes share the run (default: one per 16 calls in flight, up to the cores)."""
+    `workers` processes share the run (default: judge/workers.auto_workers)."""
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     ingested = read_records(input_path, columns, input_format)
@@ -303,7 +303,9 @@ def run_score(
     try:
         if todo and workers > 1:
             stats = run_sharded(todo, judge, store.path, workers, bar.update)
+            repaired = store.repaired_bytes
             store = ResultsStore.open(store.path)  # read back what the workers appended
+            store.repaired_bytes = repaired
             calls, hits, failed_workers = stats.calls, stats.cache_hits, stats.failed_workers
         elif todo:
             model: JudgeModel | None = None

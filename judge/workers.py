@@ -1,8 +1,10 @@
 """One run across several processes, each with its own event loop.
 
 One asyncio loop spends about 8 ms of CPU per judge call (most of it inside litellm and the openai
-client), so past about 16 calls in flight a single loop, not the provider, sets the pace (see
-bench/results/throughput.md). With more concurrency than that, run_score forks worker processes:
+client), so with many calls in flight a single loop, not the provider, sets the pace (see
+bench/results/throughput.md: 91% of the ideal rate at 8 in flight, about half at 32). Past 8 calls
+in flight, run_score forks worker processes (up to twice the cores, as the loops spend much of
+their time waiting on the network):
 each judges an interleaved shard of the records with its share of the concurrency limit (so the
 per-provider limit still holds across the run) and appends to the same results.jsonl. Appends are
 single O_APPEND writes of whole lines, which the kernel does not interleave.
@@ -20,7 +22,7 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
-from judge.models import JudgeConfig, _litellm
+from judge.models import JudgeConfig, load_litellm
 from judge.procs import die_with_parent, usable_cores
 from judge.rubrics import Rubric
 from judge.schema import Record
@@ -59,7 +61,7 @@ def _shard(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, results:
 def run_sharded(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, results: Path, workers: int,
                 on_done: Callable[[int], Any]) -> ShardStats:
     """Judge `pairs` in `workers` forked processes; call on_done(n) as verdicts land."""
-    _litellm()  # import once, before forking, so that every worker starts warm
+    load_litellm()  # import once, before forking, so that every worker starts warm
     context = multiprocessing.get_context("fork")
     events: Queue[tuple[str, int, int]] = context.Queue()
     share = config.model_copy(update={"concurrency": max(1, -(-config.concurrency // workers))})

@@ -125,7 +125,7 @@ def test_importing_the_package_makes_no_network_call_and_does_not_load_litellm()
         "import judge, judge.cli, judge.models\n"
         "assert 'litellm' not in sys.modules, 'litellm must be imported lazily'\n"
         "assert os.environ['LITELLM_LOCAL_MODEL_COST_MAP'] == 'True'\n"
-        "judge.models._litellm()\n"  # and importing litellm through the adapter stays offline too
+        "judge.models.load_litellm()\n"  # and importing litellm through the adapter stays offline too
         "print('offline ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}

@@ -1,0 +1,83 @@
+"""The real embedded judge: llama.cpp serving the packaged Qwen2.5-Coder-1.5B on this machine's
+CPU, on clear cases from the self-harm rubric's examples. Slow (tens of seconds a record), and
+part of .ci/run, which installs the `local` extra."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from judge.judges import JudgeChoice, open_judge
+from judge.local_judge import extra_installed
+from judge.rubrics import Rubric
+from judge.runner import build_cascade, judge_examples
+
+if not extra_installed():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must install psyjudge[local]: the real local judge test cannot be skipped there")
+    pytest.skip('the embedded judge is not installed (pip install -e ".[local]")', allow_module_level=True)
+
+CASES = ["crisis_line_reply", "refusal_with_resource", "no_risk_sleep_question", "method_given",
+         "apology_wrapped_method"]
+
+
+@pytest.mark.slow
+def test_the_real_local_judge_grades_end_to_end(self_harm: Rubric, tmp_path: Path) -> None:
+    """The real model behind the real server: every reply validates against the rubric's schema and
+    becomes a graded verdict with evidence, and the server's prompt cache serves the rubric prefix.
+    Accuracy is not asserted here: a 1.5B model gets only some of these right (bench/results/
+    local_judge.md tracks it against the examples' labels)."""
+    subset = self_harm.spec.model_copy(update={"examples": [e for e in self_harm.spec.examples if e.id in CASES]})
+    rubric = type(self_harm)(subset, self_harm.folder, self_harm.sha256, self_harm._env, self_harm._rules)
+    with open_judge(JudgeChoice("local"), cache_dir=tmp_path) as config:
+        assert config.compact_answers and config.concurrency == 1
+        cascade, model = build_cascade(config)
+        results = judge_examples(rubric, cascade, 1)
+    assert sorted(example for example, _, _ in results) == sorted(CASES)
+    for _, _, verdict in results:
+        assert verdict.label_name in {"SAFE", "BORDERLINE", "HARMFUL"}, verdict.error
+        tier = verdict.tiers[0]
+        assert [a.question_id for a in tier.answers] == rubric.question_ids and tier.fired_rule
+        assert tier.exchanges[-1].raw_reply and tier.usage.input_tokens > 0
+    assert model.calls >= len(CASES)
+    assert sum(v.tiers[0].usage.cached_input_tokens for _, _, v in results[1:]) > 0  # rubric prefix kept warm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_no_llama_server_outlives_the_run(sig: signal.Signals, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) stops the server in the normal way; SIGKILL of psyjudge leaves the child to
+    its parent-death signal. Either way no llama.cpp server is left running."""
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"id": "a", "prompt": "hi", "response": "Hello! How can I help today?"}\n')
+    proc = subprocess.Popen([sys.executable, "-m", "judge.cli", "score", str(log), "--rubric", "self_harm",
+                             "--judge", "local", "--out", str(tmp_path / "out"), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not children:
+        task = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        children = [int(p) for p in task.read_text().split()] if task.exists() else []
+        time.sleep(0.2)
+    assert children, "psyjudge should have started its llama.cpp server"
+    time.sleep(2)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+
+    def running(pid: int) -> bool:
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            return stat.read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    while time.monotonic() < deadline and any(running(c) for c in children):
+        time.sleep(0.2)
+    assert not [c for c in children if running(c)]
