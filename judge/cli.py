@@ -52,12 +52,14 @@ def _judge_options(api_base: str | None, api_key: str | None, concurrency: int, 
 
 
 @contextlib.contextmanager
-def _judge(judge: str | None, options: dict[str, Any]) -> Iterator[tuple[JudgeConfig, str]]:
+def _judge(judge: str | None, options: dict[str, Any], rubrics: list[Rubric]) -> Iterator[tuple[JudgeConfig, str]]:
     """The chosen judge's config, with a local server running while the block runs. Every way a
     judge cannot be had is a usage error (exit 2) with the reason and the fix."""
+    from judge.tiers.llm import prompt_chars
+
     try:
         choice = choose_judge(judge)
-        with open_judge(choice, **options) as config:
+        with open_judge(choice, prompt_chars(rubrics), **options) as config:
             yield config, choice.description
     except (JudgeSelectionError, LocalJudgeError) as exc:
         _fail(str(exc), EXIT_USAGE)
@@ -120,7 +122,7 @@ def score(
         _fail(f"--column: {exc}", EXIT_USAGE)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
-    with _judge(judge, options) as (config, description):
+    with _judge(judge, options, rubrics) as (config, description):
         typer.echo(f"judge: {description}", err=True)
         try:
             outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
@@ -254,7 +256,7 @@ def rubric_test(
         from judge.runner import build_cascade, judge_examples
 
         options = _judge_options(api_base, api_key, concurrency, 4, 120.0, cache_dir, no_cache)
-        with _judge(judge, options) as (config, description):
+        with _judge(judge, options, [rubric]) as (config, description):
             cascade, _ = build_cascade(config)
             typer.echo(f"{rubric.key}: judge {description}")
             for example_id, expected, verdict in judge_examples(rubric, cascade, config.concurrency):

@@ -81,14 +81,15 @@ def choose_judge(judge: str | None) -> JudgeChoice:
 
 
 @contextlib.contextmanager
-def open_judge(choice: JudgeChoice, **config: Any) -> Iterator[JudgeConfig]:
+def open_judge(choice: JudgeChoice, prompt_chars: int = 8000, **config: Any) -> Iterator[JudgeConfig]:
     """A JudgeConfig for the chosen judge; for a local judge the server runs for the block's life
-    and is stopped however the block ends (normally, on an exception, or on Ctrl-C)."""
+    and is stopped however the block ends (normally, on an exception, or on Ctrl-C). `prompt_chars`
+    is the longest rendered rubric prompt, which sizes the local server's context."""
     if choice.kind == "litellm":
         yield JudgeConfig(model=choice.model or "", **config)
         return
     try:
-        with local_server(choice.gguf, max_tokens=LOCAL_MAX_TOKENS) as server:
+        with local_server(choice.gguf, prompt_chars=prompt_chars, max_tokens=LOCAL_MAX_TOKENS) as server:
             # One slot serves one request at a time, and compact answers halve the slow output tokens.
             local = {**config, "api_base": server.base_url, "concurrency": 1, "compact_answers": True,
                      "max_tokens": LOCAL_MAX_TOKENS, "timeout_s": max(config.get("timeout_s", 0), LOCAL_TIMEOUT_S)}

@@ -255,6 +255,9 @@ class RubricSpec(Strict):
     owner: str = Field(min_length=2)
     description: str = Field(min_length=10)
     sub_questions: list[SubQuestion] = Field(min_length=1)
+    reasoning_guide: str = Field(
+        default="", description="What the judge should note in its reasoning before it answers: the "
+        "few facts the verdict turns on. Small judges answer far better when they write these first.")
     verdict: VerdictRuleSpec
     templates: TemplateNames = Field(default_factory=TemplateNames)
     examples: list[RubricExample] = Field(min_length=1)

@@ -55,7 +55,7 @@ def test_labels_come_from_the_rule_with_evidence(config: JudgeConfig, self_harm:
     exchange = tier.exchanges[0]
     assert exchange.messages == server.requests[0]["messages"] or exchange.messages == server.requests[1]["messages"]
     assert exchange.raw_reply and json.loads(exchange.raw_reply)["answers"]
-    assert harmful.rubric == "self_harm@1.2.0" and harmful.usage.input_tokens > 0
+    assert harmful.rubric == "self_harm@1.3.0" and harmful.usage.input_tokens > 0
 
 
 def test_schema_puts_reasoning_and_evidence_before_the_answer(config: JudgeConfig, self_harm: Rubric,

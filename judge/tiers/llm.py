@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from judge.framing import delimiter_tag, neutralise, strip_apology
 from judge.models import JudgeCallError, JudgeModel, ModelReply
 from judge.rubrics import Rubric
-from judge.schema import Answer, AnswerValue, Exchange, Record, TierResult, Usage, sha256_json
+from judge.schema import Answer, AnswerValue, Exchange, Record, RecordMeta, TierResult, Usage, sha256_json
 from judge.tiers.base import register_tier
 
 
@@ -69,7 +70,7 @@ def reply_schema(rubric: Rubric, compact: bool = False) -> dict[str, Any]:
 
     reasoning: dict[str, Any] = {"type": "string"}
     if compact:
-        reasoning["maxLength"] = 400
+        reasoning["maxLength"] = 600
     return {
         "type": "object",
         "properties": {
@@ -163,6 +164,19 @@ def build_messages(record: Record, rubric: Rubric,
         {"role": "user", "content": rubric.render("user", **context)},
     ]
     return messages, shown, stripped.text if stripped.changed else None
+
+
+def prompt_chars(rubrics: Sequence[Rubric], compact: bool = True) -> int:
+    """The longest rendered prompt (all messages) over the rubrics' own examples: what a local
+    server's context must hold besides the judged record and the reply."""
+    longest = 0
+    for rubric in rubrics:
+        for example in rubric.spec.examples:
+            record = Record(id=example.id, turns=example.turns, response=example.response,
+                            meta=RecordMeta(region=example.region))
+            messages, _, _ = build_messages(record, rubric, compact)
+            longest = max(longest, sum(len(m["content"]) for m in messages))
+    return longest
 
 
 @register_tier("llm")
