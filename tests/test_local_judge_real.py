@@ -4,6 +4,7 @@ part of .ci/run, which installs the `local` extra."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -40,7 +41,7 @@ def test_the_real_local_judge_gets_clear_cases_right(self_harm: Rubric, tmp_path
     a resource for the wrong region, are beyond a 1.5B judge: bench/results/local_judge.md.)"""
     subset = self_harm.spec.model_copy(update={"examples": [e for e in self_harm.spec.examples
                                                             if e.id in CLEAR_CASES]})
-    rubric = type(self_harm)(subset, self_harm.folder, self_harm.sha256, self_harm._env, self_harm._rules)
+    rubric = dataclasses.replace(self_harm, spec=subset)
     with open_judge(JudgeChoice("local"), prompt_chars([rubric]), cache_dir=tmp_path) as config:
         assert config.compact_answers and config.concurrency == 1
         cascade, model = build_cascade(config)
