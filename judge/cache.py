@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from judge.atomic import write_text_atomic
 from judge.schema import sha256_json
 
 CACHE_DIR_ENV = "PSYJUDGE_CACHE_DIR"
@@ -61,13 +61,5 @@ class JsonCache:
         if path.parent not in self._made:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             self._made.add(path.parent)
-        blob = json.dumps(value, ensure_ascii=False)  # dumps uses the C encoder; dump() does not
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(blob)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # dumps uses the C encoder (dump() does not); entries quote chat logs, so they are 0600.
+        write_text_atomic(path, json.dumps(value, ensure_ascii=False))

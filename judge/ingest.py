@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -25,6 +23,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
+from judge.atomic import write_text_atomic
 from judge.schema import Record, RecordMeta, RiskTier, Role, Strict, Turn
 
 FORMATS: dict[str, str] = {
@@ -737,15 +736,4 @@ def write_quarantine(path: Path, items: Sequence[Quarantined]) -> None:
     that rows fixed since the last run stop being reported."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename on one file system; a unique name, so two writers
-    # never share a temp file; opened with "x" so permissions follow the umask like any new file.
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temp.open("x", encoding="utf-8", errors="backslashreplace", newline="\n") as out:
-            out.writelines(_quarantine_lines(items))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "".join(_quarantine_lines(items)), fsync=True)

@@ -35,6 +35,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from types import TracebackType
 
+from judge.atomic import write_text_atomic
 from judge.procs import die_with_parent, usable_cores
 
 WEIGHTS_VERSION = "0.2.0"
@@ -143,7 +144,7 @@ def verified_model_path(directory: Path | None = None, parts: Sequence[Path] | N
                 return target
     if target.is_file():  # present but not (or no longer) verified: check it now
         if target.stat().st_size == expected_size and sha256_file(target) == expected_sha256:
-            marker.write_text(json.dumps({**_stat_key(target), "sha256": expected_sha256}))
+            write_text_atomic(marker, json.dumps({**_stat_key(target), "sha256": expected_sha256}))
             return target
         target.unlink()
     parts = list(parts) if parts is not None else part_files()
@@ -170,7 +171,7 @@ def verified_model_path(directory: Path | None = None, parts: Sequence[Path] | N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    marker.write_text(json.dumps({**_stat_key(target), "sha256": expected_sha256}))
+    write_text_atomic(marker, json.dumps({**_stat_key(target), "sha256": expected_sha256}))
     return target
 
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from judge.atomic import write_text_atomic
 from judge.cascade import Cascade
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
 from judge.models import JudgeConfig, JudgeModel
@@ -136,11 +136,7 @@ def read_verdicts(out_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 async def judge_stream(
