@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 def run() -> dict[str, Any]:
     from judge.judges import JudgeChoice, open_judge
     from judge.procs import usable_cores
-    from judge.rubrics import load_rubric
-    from judge.runner import build_cascade, example_records
+    from judge.rubrics import example_records, load_rubric
+    from judge.runner import build_cascade
 
     rubric = load_rubric("self_harm")
     expected = {f"{rubric.id}:{e.id}": e.expected.value for e in rubric.spec.examples}

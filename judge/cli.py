@@ -197,7 +197,7 @@ def rubric_render(
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Print the exact prompt the judge would receive for one of the rubric's examples."""
-    from judge.runner import example_records
+    from judge.rubrics import example_records
     from judge.tiers.llm import build_messages
 
     rubric = _rubric(ref, rubrics_dir)

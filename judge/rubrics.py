@@ -27,7 +27,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from judge.schema import AnswerValue, Label, RubricSpec
+from judge.schema import AnswerValue, Label, Record, RecordMeta, RubricSpec
 
 RUBRIC_FILE = "rubric.yaml"
 SHARED_DIR = "_shared"
@@ -405,3 +405,9 @@ def check_examples(rubric: Rubric) -> list[ExampleOutcome]:
         decision = rubric.decide(example.answers)
         outcomes.append(ExampleOutcome(example.id, example.expected, decision.label, decision.rule))
     return outcomes
+
+
+def example_records(rubric: Rubric) -> list[Record]:
+    """The rubric's labelled examples as records, with ids `rubric:example`."""
+    return [Record(id=f"{rubric.id}:{ex.id}", turns=ex.turns, response=ex.response,
+                   meta=RecordMeta(region=ex.region)) for ex in rubric.spec.examples]

@@ -27,8 +27,8 @@ from judge.atomic import write_text_atomic
 from judge.cascade import Cascade
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
 from judge.models import JudgeConfig, JudgeModel
-from judge.rubrics import Rubric
-from judge.schema import ERROR, Record, RecordMeta, Verdict
+from judge.rubrics import Rubric, example_records
+from judge.schema import ERROR, Record, Verdict
 from judge.tiers.llm import LLMTier
 from judge.workers import auto_workers, run_sharded
 
@@ -169,6 +169,18 @@ async def judge_stream(
         await asyncio.gather(*workers, return_exceptions=True)
 
 
+def judge_all(pairs: Sequence[tuple[Record, Rubric]], cascade: Cascade,
+              concurrency: int) -> dict[Key, Verdict]:
+    """Judge every pair in a fresh event loop; verdicts keyed by (record id, rubric id@version)."""
+    if not pairs:
+        return {}
+
+    async def collect() -> list[Verdict]:
+        return [v async for v in judge_stream(pairs, cascade, concurrency)]
+
+    return {(v.record_id, v.rubric): v for v in asyncio.run(collect())}
+
+
 def build_cascade(config: JudgeConfig) -> tuple[Cascade, JudgeModel]:
     model = JudgeModel(config)
     return Cascade([LLMTier(model)]), model
@@ -204,10 +216,7 @@ def score_frame(frame: pd.DataFrame, rubrics: Sequence[Rubric], cascade: Cascade
     ingested = records_from_frame(frame, columns)
     pairs = [(record, rubric) for record in ingested.records for rubric in rubrics]
 
-    async def collect() -> list[Verdict]:
-        return [v async for v in judge_stream(pairs, cascade, concurrency)]
-
-    verdicts = {(v.record_id, v.rubric): v for v in asyncio.run(collect())} if pairs else {}
+    verdicts = judge_all(pairs, cascade, concurrency)
     out = [verdict_row(verdicts[(record.id, rubric.key)]) for record, rubric in pairs]
     out += [{"record_id": None, "rubric": rubric.key, "label": None,
              "error": f"quarantined (row {q.line}): {q.reason}"}
@@ -352,17 +361,8 @@ def run_score(
     return RunOutcome(out_dir, summary)
 
 
-def example_records(rubric: Rubric) -> list[Record]:
-    return [Record(id=f"{rubric.id}:{ex.id}", turns=ex.turns, response=ex.response,
-                   meta=RecordMeta(region=ex.region)) for ex in rubric.spec.examples]
-
-
 def judge_examples(rubric: Rubric, cascade: Cascade, concurrency: int = 4) -> list[tuple[str, str, Verdict]]:
     """Judge the rubric's own examples with a real cascade: (example id, expected, verdict)."""
-    records = example_records(rubric)
-
-    async def collect() -> list[Verdict]:
-        return [v async for v in judge_stream([(r, rubric) for r in records], cascade, concurrency)]
-
-    by_id = {v.record_id: v for v in asyncio.run(collect())}
-    return [(ex.id, ex.expected.value, by_id[f"{rubric.id}:{ex.id}"]) for ex in rubric.spec.examples]
+    verdicts = judge_all([(r, rubric) for r in example_records(rubric)], cascade, concurrency)
+    return [(ex.id, ex.expected.value, verdicts[(f"{rubric.id}:{ex.id}", rubric.key)])
+            for ex in rubric.spec.examples]

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from judge.framing import delimiter_tag, neutralise, strip_apology
 from judge.models import JudgeCallError, JudgeModel, ModelReply
-from judge.rubrics import Rubric
-from judge.schema import Answer, AnswerValue, Exchange, Record, RecordMeta, TierResult, Usage, sha256_json
+from judge.rubrics import Rubric, example_records
+from judge.schema import Answer, AnswerValue, Exchange, Record, TierResult, Usage, sha256_json
 from judge.tiers.base import register_tier
 
 
@@ -169,14 +169,8 @@ def build_messages(record: Record, rubric: Rubric,
 def prompt_chars(rubrics: Sequence[Rubric], compact: bool = True) -> int:
     """The longest rendered prompt (all messages) over the rubrics' own examples: what a local
     server's context must hold besides the judged record and the reply."""
-    longest = 0
-    for rubric in rubrics:
-        for example in rubric.spec.examples:
-            record = Record(id=example.id, turns=example.turns, response=example.response,
-                            meta=RecordMeta(region=example.region))
-            messages, _, _ = build_messages(record, rubric, compact)
-            longest = max(longest, sum(len(m["content"]) for m in messages))
-    return longest
+    return max((sum(len(m["content"]) for m in build_messages(record, rubric, compact)[0])
+                for rubric in rubrics for record in example_records(rubric)), default=0)
 
 
 @register_tier("llm")
