@@ -33,6 +33,7 @@ from judge.models import JudgeConfig
 from judge.rubrics import Rubric
 from judge.runner import run_score
 from tests.conftest import REPO
+from tests.procs import still_running
 
 FAKE_SERVER = [sys.executable, "-c",
                f"import sys; sys.path.insert(0, {str(REPO)!r}); from tests.fakes.openai_server import main; "
@@ -173,11 +174,5 @@ def test_no_server_is_left_behind_after_ctrl_c(tmp_path: Path) -> None:
     child = int(parent.stdout.readline())
     parent.send_signal(signal.SIGINT)  # what Ctrl-C sends
     parent.wait(timeout=20)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
-        state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(f"/proc/{child}/stat").exists() else "X"
-        if state == "Z":
-            break
-        time.sleep(0.1)
-    alive = Path(f"/proc/{child}/stat").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
+    alive = still_running([child], within_s=10)
     assert parent.returncode != 0 and not alive

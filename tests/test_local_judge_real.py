@@ -19,6 +19,7 @@ from judge.local_judge import extra_installed
 from judge.rubrics import Rubric
 from judge.runner import build_cascade, judge_examples
 from judge.tiers.llm import prompt_chars
+from tests.procs import children, still_running
 
 if not extra_installed():
     if os.environ.get("CI"):
@@ -71,25 +72,13 @@ def test_no_llama_server_outlives_the_run(sig: signal.Signals, tmp_path: Path) -
     proc = subprocess.Popen([sys.executable, "-m", "judge.cli", "score", str(log), "--rubric", "self_harm",
                              "--judge", "local", "--out", str(tmp_path / "out"), "--no-progress"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    children: list[int] = []
+    servers: list[int] = []
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not children:
-        task = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        children = [int(p) for p in task.read_text().split()] if task.exists() else []
+    while time.monotonic() < deadline and not servers:
+        servers = children(proc.pid)
         time.sleep(0.2)
-    assert children, "psyjudge should have started its llama.cpp server"
+    assert servers, "psyjudge should have started its llama.cpp server"
     time.sleep(2)
     proc.send_signal(sig)
     proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
-
-    def running(pid: int) -> bool:
-        stat = Path(f"/proc/{pid}/stat")
-        try:
-            return stat.read_text().split()[2] != "Z"
-        except OSError:
-            return False
-
-    while time.monotonic() < deadline and any(running(c) for c in children):
-        time.sleep(0.2)
-    assert not [c for c in children if running(c)]
+    assert not still_running(servers, within_s=30)
