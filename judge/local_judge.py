@@ -322,17 +322,12 @@ def serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--alias", default=MODEL_ALIAS)
     args = parser.parse_args(argv)
+    # SIGTERM (from the parent, or from the kernel when the parent dies) and SIGINT end this process
+    # at once, whatever the main thread is doing (a Python handler would wait for the model load, and
+    # the server's own shutdown can hang). It has nothing to flush: the model is read-only.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     die_with_parent()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-
-    def watch_stdin() -> None:  # the parent closing our stdin (or dying) means: stop
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdin.buffer.read()
-        stop.set()
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
 
     import xllamacpp as xlc
 
@@ -346,10 +341,10 @@ def serve(argv: Sequence[str] | None = None) -> int:
     params.cache_prompt = True  # the rubric prefix in its KV cache from one record to the next
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
-    server = xlc.Server(params)
-    stop.wait()
-    del server
-    return 0
+    _server = xlc.Server(params)  # serves from its own threads until the process ends
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdin.buffer.read()  # the parent closing our stdin, or dying, means: stop
+    os._exit(0)  # not a graceful shutdown: the server's destructor can hang, and there is nothing to save
 
 
 if __name__ == "__main__":
