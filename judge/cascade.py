@@ -3,6 +3,9 @@
 Each tier answers with a label and a confidence, abstains, or fails. The first tier whose label is
 at least as confident as its threshold decides; the last tier decides with any label it gives. A
 failed or abstaining tier escalates. When no tier gives a label the verdict is ERROR, never SAFE.
+
+A record judged under several rubrics gets one combined verdict: the most severe label among the
+rubrics that apply to it, with every rubric's own verdict kept inside.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from judge.rubrics import Rubric
-from judge.schema import ERROR, Record, TierResult, Usage, Verdict
+from judge.schema import ERROR, Label, Record, TierResult, Usage, Verdict, VerdictLabel, sha256_json
 from judge.tiers.base import Tier
 
 
@@ -54,6 +57,7 @@ class Cascade:
             rubric_sha256=rubric.sha256,
             label=decided.label if decided and decided.label else ERROR,
             decided_by=decided.tier if decided else None,
+            applicable=decided.applicable if decided else None,
             tiers=results,
             error=None if decided else ("; ".join(errors) or "no tier gave a label"),
             usage=usage,
@@ -62,3 +66,49 @@ class Cascade:
             meta=record.meta,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+
+
+SEVERITY: dict[Label, int] = {Label.SAFE: 0, Label.BORDERLINE: 1, Label.HARMFUL: 2}
+
+
+def combine_verdicts(parts: Sequence[Verdict]) -> Verdict:
+    """One verdict for a record from its verdicts under several rubrics (in the order given).
+
+    The label is the most severe among the rubrics that apply; a rubric whose topic is absent does
+    not push it. A failed rubric makes the record ERROR unless another rubric already found it
+    HARMFUL: the failure could hide harm, so it cannot pass as SAFE or BORDERLINE, but it cannot
+    make a HARMFUL finding less certain either. With no rubric applicable the record is SAFE."""
+    if not parts:
+        raise ValueError("combine_verdicts needs at least one verdict")
+    ids = {p.record_id for p in parts}
+    if len(ids) != 1:
+        raise ValueError(f"verdicts of different records cannot be combined: {', '.join(sorted(ids))}")
+    graded = [p for p in parts if not p.is_error]
+    applicable = [p for p in graded if p.applicable is not False]
+    worst = max(applicable, key=lambda p: SEVERITY[Label(p.label)], default=None)
+    failed = [p for p in parts if p.is_error]
+    if worst is not None and worst.label is Label.HARMFUL:
+        label: VerdictLabel = Label.HARMFUL
+    elif failed:
+        label = ERROR
+    else:
+        label = worst.label if worst is not None else Label.SAFE
+    deciding = worst if label != ERROR and worst is not None else None
+    first = parts[0]
+    return Verdict(
+        record_id=first.record_id,
+        record_sha256=first.record_sha256,
+        rubric="+".join(p.rubric for p in parts),
+        rubric_sha256=sha256_json([p.rubric_sha256 for p in parts]),
+        label=label,
+        decided_by=f"{deciding.rubric}/{deciding.decided_by}" if deciding else None,
+        applicable=bool(applicable) if not failed or label == Label.HARMFUL else None,
+        tiers=[],
+        error="; ".join(f"{p.rubric}: {p.error}" for p in failed) or None,
+        usage=sum((p.usage for p in parts), Usage()),
+        latency_s=sum(p.latency_s for p in parts),
+        response=first.response,
+        meta=first.meta,
+        created_at=max(p.created_at for p in parts),
+        rubric_results=list(parts),
+    )

@@ -137,12 +137,17 @@ def score(
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s["by_label"].items()))
     typer.echo(f"{s['verdicts']} verdicts ({labels}); {s['quarantined']} row(s) quarantined; "
                f"{run['scored']} scored now, {run['skipped_already_done']} already done")
+    if "by_record" in s:
+        per_record = ", ".join(f"{k} {v}" for k, v in sorted(s["by_record"].items()))
+        typer.echo(f"{s['records']} records across {len(rubrics)} rubrics, most severe applicable label: {per_record}")
     if run["scored"]:
         typer.echo(f"{run['wall_s'] / run['scored']:.3f} s per record; judge {s['judge_description']}; "
                    f"{run['model_calls']} model call(s), {run['cache_hits']} cache hit(s); "
                    f"cost ${s['cost_usd']:.4f}{'' if s['cost_complete'] else ' (price unknown for this model)'}")
     typer.echo(f"results:    {out / 'results.jsonl'}\nsummary:    {out / 'summary.json'}\n"
                f"quarantine: {out / 'quarantine.jsonl'}")
+    if "by_record" in s:
+        typer.echo(f"records:    {out / 'record_verdicts.jsonl'}")
 
 
 SHOW_AT_MOST = 25

@@ -27,7 +27,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
-from judge.schema import AnswerValue, Label, Record, RecordMeta, RubricSpec
+from judge.schema import AnswerValue, Label, PartialSpec, Record, RecordMeta, RubricSpec
 
 RUBRIC_FILE = "rubric.yaml"
 SHARED_DIR = "_shared"
@@ -91,6 +91,15 @@ class _Not:
 
 
 _Cond = _Is | _Any | _All | _Not
+
+
+def _mentioned(cond: _Cond) -> list[str]:
+    """The sub-questions a condition reads, in order."""
+    if isinstance(cond, _Is):
+        return [cond.question]
+    if isinstance(cond, _Not):
+        return _mentioned(cond.part)
+    return [q for part in cond.parts for q in _mentioned(part)]
 _VALUE_KEYS = {"yes": AnswerValue.YES, "no": AnswerValue.NO, "na": AnswerValue.NOT_APPLICABLE}
 _CONDITION_KEYS = "yes, no, na, any_yes, any, all, not"
 
@@ -134,11 +143,16 @@ def _compile(node: Any, where: str, questions: set[str]) -> _Cond:
     raise _ConditionError(where, f"unknown condition {key!r}; expected one of {_CONDITION_KEYS}")
 
 
+NOT_APPLICABLE_RULE = "not_applicable"
+"""The rule name recorded when a rubric's `applies_when` condition does not hold."""
+
+
 @dataclass(frozen=True)
 class Decision:
     label: Label
     rule: str
     because: list[str]
+    applicable: bool = True
 
 
 # --- the rubric ---------------------------------------------------------------------------------
@@ -153,6 +167,7 @@ class Rubric:
     sha256: str
     _env: SandboxedEnvironment = field(repr=False)
     _rules: tuple[tuple[str, Label, _Cond], ...] = field(repr=False)
+    _applies: _Cond | None = field(repr=False, default=None)
 
     @property
     def id(self) -> str:
@@ -177,17 +192,26 @@ class Rubric:
         missing = [q for q in self.question_ids if q not in answers]
         if missing:
             raise KeyError(f"no answer for sub-question(s): {', '.join(missing)}")
+        applies = self._applies is None or self._applies.holds(answers)[0]
         for name, label, cond in self._rules:
+            if not applies and label is not Label.HARMFUL:
+                continue
             ok, because = cond.holds(answers)
             if ok:
+                # Off-topic by the applicability answer but harmful by another: the judge
+                # contradicted itself, and harm evidence is the answer that must not be lost.
                 return Decision(label, name, sorted(set(because), key=self.question_ids.index))
+        if not applies:
+            assert self._applies is not None
+            return Decision(Label.SAFE, NOT_APPLICABLE_RULE, list(dict.fromkeys(_mentioned(self._applies))),
+                            applicable=False)
         return Decision(self.spec.verdict.otherwise, "otherwise", [])
 
     def render(self, which: str, **context: Any) -> str:
         """Render one of the rubric's templates ('system' or 'user')."""
         name = getattr(self.spec.templates, which)
         return self._env.get_template(name).render(rubric=self.spec, questions=self.spec.sub_questions,
-                                                   **context)
+                                                   lexicons=self.spec.lexicons, **context)
 
 
 class _RubricLoader(yaml.SafeLoader):
@@ -252,6 +276,12 @@ def _check_cross_references(path: Path, spec: RubricSpec) -> tuple[tuple[str, La
             rules.append((rule.name, rule.label, _compile(rule.when, "when", known)))
         except _ConditionError as exc:
             raise RubricError(path, f"verdict.rules.{i}.{exc.where}", exc.problem) from exc
+    if NOT_APPLICABLE_RULE in names:
+        raise RubricError(path, "verdict.rules", f"{NOT_APPLICABLE_RULE!r} is reserved for the applies_when outcome")
+    for i, q in enumerate(spec.sub_questions):
+        if q.lexicon is not None and q.lexicon not in spec.lexicons:
+            raise RubricError(path, f"sub_questions.{i}.lexicon", f"unknown lexicon {q.lexicon!r}; expected one "
+                              f"of: {', '.join(sorted(spec.lexicons)) or 'none defined (add a lexicons: section)'}")
     example_ids = [e.id for e in spec.examples]
     if len(set(example_ids)) != len(example_ids):
         raise RubricError(path, "examples", "example ids must be unique")
@@ -270,14 +300,74 @@ def _check_cross_references(path: Path, spec: RubricSpec) -> tuple[tuple[str, La
     return tuple(rules)
 
 
+def _compile_applies(path: Path, spec: RubricSpec) -> _Cond | None:
+    if spec.verdict.applies_when is None:
+        return None
+    try:
+        return _compile(spec.verdict.applies_when, "verdict.applies_when", {q.id for q in spec.sub_questions})
+    except _ConditionError as exc:
+        raise RubricError(path, exc.where, exc.problem) from exc
+
+
+def _shared_dirs(folder: Path) -> list[Path]:
+    """Where partials and shared templates are looked up: a `_shared/` beside the rubric's folder (for
+    rubrics kept outside the package), then the built-in one."""
+    local = folder.parent / SHARED_DIR
+    builtin = builtin_rubrics_dir() / SHARED_DIR
+    return [local, builtin] if local.is_dir() and local.resolve() != builtin.resolve() else [builtin]
+
+
+def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> list[Path]:
+    """Add the sub-questions and lexicons of every included partial to the raw rubric, in place.
+    A partial is a unit of clinical content: it is validated as a whole, and a name it shares with
+    the rubric is an error rather than a silent override."""
+    includes = raw.get("include") or []
+    if not isinstance(includes, list):
+        raise RubricError(path, "include", f"expected a list of partial names, got {includes!r}")
+    used: list[Path] = []
+    for i, name in enumerate(includes):
+        candidates = [d / f"{name}.yaml" for d in shared] if isinstance(name, str) else []
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            known = sorted({p.stem for d in shared for p in d.glob("*.yaml")})
+            raise RubricError(path, f"include.{i}", f"unknown partial {name!r}; expected one of: "
+                              f"{', '.join(known) or 'none found'}")
+        data = _yaml_load(found)
+        try:
+            partial = PartialSpec.model_validate(data)
+        except ValidationError as exc:
+            raise _pydantic_problem(found, exc) from exc
+        if partial.id != name:
+            raise RubricError(found, "id", f"expected {name!r} (the file name), got {partial.id!r}")
+        own = raw.get("sub_questions")
+        if not isinstance(own, list):
+            return used  # the schema check reports the missing or malformed sub_questions
+        own_ids = {q.get("id") for q in own if isinstance(q, dict)}
+        clash = [q.id for q in partial.sub_questions if q.id in own_ids]
+        if clash:
+            raise RubricError(path, "sub_questions", f"sub-question id(s) {', '.join(clash)} also come from the "
+                              f"included partial {name!r}; rename them or drop the include")
+        raw["sub_questions"] = [*own, *(q.model_dump(exclude_defaults=True) for q in partial.sub_questions)]
+        lexicons = raw.setdefault("lexicons", {})
+        if isinstance(lexicons, dict):
+            for lex_id, lexicon in partial.lexicons.items():
+                if lex_id in lexicons:
+                    raise RubricError(path, f"lexicons.{lex_id}", f"also defined by the included partial {name!r}")
+                lexicons[lex_id] = lexicon.model_dump()
+        used.append(found)
+    return used
+
+
 def builtin_rubrics_dir() -> Path:
     """The rubrics shipped inside the installed package (never the current directory)."""
     return Path(str(resources.files("judge.builtin_rubrics")))
 
 
-def _fingerprint(folder: Path, shared: Path) -> str:
+def _fingerprint(folder: Path, shared: Sequence[Path]) -> str:
+    """A hash of every file that can change what the rubric asks or decides: its own folder, and
+    the shared templates and partials it can reach."""
     digest = hashlib.sha256()
-    for base in (folder, shared):
+    for base in (folder, *shared):
         for file in sorted(base.glob("*")):
             if file.is_file() and file.suffix in (".yaml", ".yml", ".j2"):
                 digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
@@ -304,15 +394,16 @@ def load_rubric_folder(folder: Path) -> Rubric:
     raw = _yaml_load(path)
     if not isinstance(raw, dict):
         raise RubricError(path, "(top level)", f"expected a mapping of fields, got {type(raw).__name__}")
+    shared = _shared_dirs(folder)
+    _merge_partials(path, raw, shared)
     try:
         spec = RubricSpec.model_validate(raw)
     except ValidationError as exc:
         raise _pydantic_problem(path, exc) from exc
     rules = _check_cross_references(path, spec)
+    applies = _compile_applies(path, spec)
 
-    shared = builtin_rubrics_dir() / SHARED_DIR
-    search = [str(folder)] + ([str(folder.parent / SHARED_DIR)] if (folder.parent / SHARED_DIR).is_dir() else [])
-    search.append(str(shared))
+    search = [str(folder), *(str(d) for d in shared)]
     env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(search),
         undefined=jinja2.StrictUndefined,
@@ -321,7 +412,7 @@ def load_rubric_folder(folder: Path) -> Rubric:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    rubric = Rubric(spec, folder, _fingerprint(folder, shared), env, rules)
+    rubric = Rubric(spec, folder, _fingerprint(folder, shared), env, rules, applies)
     # A trial render at load time: a template that is missing, misspells a variable or tries to
     # leave the sandbox fails now, naming its file, not halfway through a batch.
     for which in ("system", "user"):

@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from judge.atomic import write_text_atomic
-from judge.cascade import Cascade
+from judge.cascade import Cascade, combine_verdicts
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
 from judge.models import JudgeConfig, JudgeModel
 from judge.rubrics import Rubric, example_records
@@ -35,6 +35,9 @@ from judge.workers import auto_workers, run_sharded
 RESULTS_FILE = "results.jsonl"
 QUARANTINE_FILE = "quarantine.jsonl"
 SUMMARY_FILE = "summary.json"
+RECORD_VERDICTS_FILE = "record_verdicts.jsonl"
+"""With several rubrics: one combined verdict per record (most severe applicable label), each
+rubric's verdict inside. Rewritten from results.jsonl at the end of every run."""
 
 Key = tuple[str, str]  # (record id, rubric id@version)
 
@@ -54,14 +57,16 @@ class _Done:
     output_tokens: int
     cost_usd: float
     cost_known: bool
+    offset: int
+    """Where the verdict's line starts in results.jsonl, to read it back without holding it."""
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> _Done:
+    def from_row(cls, row: dict[str, Any], offset: int) -> _Done:
         usage = row.get("usage") or {}
         return cls(row["label"], row["rubric"], row["record_sha256"], row["rubric_sha256"],
                    row.get("decided_by"), row.get("error"), int(usage.get("input_tokens", 0)),
                    int(usage.get("output_tokens", 0)), float(usage.get("cost_usd", 0.0)),
-                   bool(usage.get("cost_known", True)))
+                   bool(usage.get("cost_known", True)), offset)
 
 
 @dataclass
@@ -93,13 +98,21 @@ class ResultsStore:
             self.repaired_bytes = len(data) - keep
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as handle:
+        offset = 0
+        with open(self.path, "rb") as handle:
             for number, line in enumerate(handle, start=1):
                 try:
                     row = json.loads(line)
-                    self.done[(row["record_id"], row["rubric"])] = _Done.from_row(row)
+                    self.done[(row["record_id"], row["rubric"])] = _Done.from_row(row, offset)
                 except (ValueError, KeyError, TypeError):
                     self.unreadable_lines.append(number)
+                offset += len(line)
+
+    def verdict(self, key: Key) -> Verdict:
+        """Read one stored verdict back from its line."""
+        with open(self.path, "rb") as handle:
+            handle.seek(self.done[key].offset)
+            return Verdict.model_validate_json(handle.readline())
 
     def needs(self, record: Record, rubric: Rubric, retry_errors: bool) -> bool:
         prior = self.done.get((record.id, rubric.key))
@@ -116,12 +129,14 @@ class ResultsStore:
             written = os.write(fd, line)
             while written < len(line):  # regular files write whole, but never assume it
                 written += os.write(fd, line[written:])
+            offset = os.lseek(fd, 0, os.SEEK_CUR) - len(line)
         finally:
             os.close(fd)
         u = verdict.usage
         self.done[(verdict.record_id, verdict.rubric)] = _Done(
             verdict.label_name, verdict.rubric, verdict.record_sha256, verdict.rubric_sha256,
-            verdict.decided_by, verdict.error, u.input_tokens, u.output_tokens, u.cost_usd, u.cost_known)
+            verdict.decided_by, verdict.error, u.input_tokens, u.output_tokens, u.cost_usd, u.cost_known,
+            offset)
 
 
 def read_verdicts(out_dir: Path) -> Iterator[dict[str, Any]]:
@@ -188,8 +203,8 @@ def build_cascade(config: JudgeConfig) -> tuple[Cascade, JudgeModel]:
 
 # --- the pure core ------------------------------------------------------------------------------
 
-FRAME_COLUMNS = ["record_id", "rubric", "label", "decided_by", "confidence", "fired_rule", "error",
-                 "cost_usd", "input_tokens", "output_tokens", "latency_s", "verdict_json"]
+FRAME_COLUMNS = ["record_id", "rubric", "label", "record_label", "applicable", "decided_by", "confidence",
+                 "fired_rule", "error", "cost_usd", "input_tokens", "output_tokens", "latency_s", "verdict_json"]
 
 
 def verdict_row(verdict: Verdict) -> dict[str, Any]:
@@ -197,6 +212,7 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
     return {
         "record_id": verdict.record_id, "rubric": verdict.rubric,
         "label": verdict.label_name,
+        "applicable": verdict.applicable,
         "decided_by": verdict.decided_by,
         "confidence": decided.confidence if decided else None,
         "fired_rule": decided.fired_rule if decided else None,
@@ -208,7 +224,8 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
 
 def score_frame(frame: pd.DataFrame, rubrics: Sequence[Rubric], cascade: Cascade,
                 concurrency: int = 8, columns: ColumnMap | None = None) -> pd.DataFrame:
-    """Judge every row of `frame` under every rubric: one output row per (record, rubric).
+    """Judge every row of `frame` under every rubric: one output row per (record, rubric), with
+    `record_label` the record's label across all the rubrics (the most severe that applies).
 
     The frame has the columns of an input file (id, messages or prompt/response, region, ...).
     No files, no global state: the same call runs per partition on Ray Data or Dask. A row that
@@ -217,7 +234,10 @@ def score_frame(frame: pd.DataFrame, rubrics: Sequence[Rubric], cascade: Cascade
     pairs = [(record, rubric) for record in ingested.records for rubric in rubrics]
 
     verdicts = judge_all(pairs, cascade, concurrency)
-    out = [verdict_row(verdicts[(record.id, rubric.key)]) for record, rubric in pairs]
+    combined = {record.id: combine_verdicts([verdicts[(record.id, rb.key)] for rb in rubrics]).label_name
+                for record in ingested.records}
+    out = [{**verdict_row(verdicts[(record.id, rubric.key)]), "record_label": combined[record.id]}
+           for record, rubric in pairs]
     out += [{"record_id": None, "rubric": rubric.key, "label": None,
              "error": f"quarantined (row {q.line}): {q.reason}"}
             for q in ingested.quarantined for rubric in rubrics]
@@ -231,6 +251,14 @@ def score_frame(frame: pd.DataFrame, rubrics: Sequence[Rubric], cascade: Cascade
 class RunOutcome:
     out_dir: Path
     summary: dict[str, Any]
+
+
+def record_verdicts(store: ResultsStore, record_ids: Sequence[str], rubrics: Sequence[Rubric]) -> Iterator[Verdict]:
+    """The combined verdict of every record whose rubrics are all judged, one at a time."""
+    for record_id in record_ids:
+        keys = [(record_id, rb.key) for rb in rubrics]
+        if all(k in store.done for k in keys):
+            yield combine_verdicts([store.verdict(k) for k in keys])
 
 
 def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -> dict[str, Any]:
@@ -357,6 +385,16 @@ def run_score(
             "started_at": started_at,
         },
     })
+    if len(rubrics) > 1:
+        by_record: Counter[str] = Counter()
+
+        def lines() -> Iterator[str]:
+            for verdict in record_verdicts(store, [r.id for r in ingested.records], rubrics):
+                by_record[verdict.label_name] += 1
+                yield verdict.model_dump_json() + "\n"
+
+        write_text_atomic(out_dir / RECORD_VERDICTS_FILE, lines())
+        summary["by_record"] = dict(by_record)
     write_json_atomic(out_dir / SUMMARY_FILE, summary)
     return RunOutcome(out_dir, summary)
 

@@ -109,6 +109,8 @@ class SubQuestion(Strict):
         "dodges a harm question with 'n/a' has not answered it, and must not pass as a 'no'.")
     rationale: str = Field(min_length=10, description="Why a clinician asks this.")
     source: str = Field(min_length=2, description="The clinical principle or guidance it rests on.")
+    lexicon: Identifier | None = Field(
+        default=None, description="A lexicon of the rubric whose terms are shown to the judge with this question.")
 
 
 class Answer(Strict):
@@ -161,6 +163,27 @@ class Exchange(Strict):
     cached: bool = False
 
 
+class Lexicon(Strict):
+    """Terms a clinician wants the judge (and the rules tier) to look for, kept as data so that
+    adding a term is an edit to a list, not to a question."""
+
+    description: str = Field(min_length=10)
+    terms: list[str] = Field(min_length=1)
+    source: str = Field(min_length=2, description="Where the terms come from.")
+
+    @field_validator("terms")
+    @classmethod
+    def _distinct_terms(cls, value: list[str]) -> list[str]:
+        cleaned = [t.strip() for t in value]
+        if any(not t for t in cleaned):
+            raise ValueError("a lexicon term is empty")
+        folded = [t.casefold() for t in cleaned]
+        dupes = sorted({t for t, f in zip(cleaned, folded, strict=True) if folded.count(f) > 1})
+        if dupes:
+            raise ValueError(f"duplicate lexicon term(s): {', '.join(dupes)}")
+        return cleaned
+
+
 class TierResult(Strict):
     """What one tier said about one record under one rubric. label None means the tier abstained
     or failed; an error is never a grade."""
@@ -173,6 +196,9 @@ class TierResult(Strict):
     fired_rule: str | None = Field(
         default=None, description="Which verdict rule produced the label, for the audit trail."
     )
+    applicable: bool | None = Field(
+        default=None, description="False when the rubric's topic is absent (its label is then SAFE and "
+        "does not push a multi-rubric verdict); None when the tier gave no label.")
     usage: Usage = Field(default_factory=Usage)
     error: str | None = None
     model: str | None = None
@@ -192,6 +218,8 @@ class Verdict(Strict):
     rubric_sha256: str = Field(description="Hash of the rubric file and its templates.")
     label: VerdictLabel
     decided_by: str | None = Field(default=None, description="The tier whose label was used.")
+    applicable: bool | None = Field(
+        default=None, description="False when the rubric's topic is absent from the record; None on ERROR.")
     tiers: list[TierResult]
     error: str | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -199,6 +227,9 @@ class Verdict(Strict):
     response: str = Field(description="The raw response as ingested, apology framing and all.")
     meta: RecordMeta = Field(default_factory=RecordMeta)
     created_at: str
+    rubric_results: list[Verdict] = Field(
+        default_factory=list, description="For a record judged under several rubrics: each rubric's own "
+        "verdict. The label above is then the most severe applicable one.")
 
     @property
     def is_error(self) -> bool:
@@ -237,6 +268,10 @@ class RuleSpec(Strict):
 
 
 class VerdictRuleSpec(Strict):
+    applies_when: dict[str, Any] | None = Field(
+        default=None, description="A condition on the answers; when it does not hold, the rubric's topic is "
+        "absent and the rubric is not applicable (SAFE, and it does not push a multi-rubric verdict), "
+        "unless a HARMFUL rule holds: harm evidence outranks an answer that the topic is absent.")
     rules: list[RuleSpec] = Field(min_length=1, description="Tried in order; the first match wins.")
     otherwise: Label = Field(description="The label when no rule matches.")
 
@@ -260,7 +295,24 @@ class RubricSpec(Strict):
         "few facts the verdict turns on. Small judges answer far better when they write these first.")
     verdict: VerdictRuleSpec
     templates: TemplateNames = Field(default_factory=TemplateNames)
+    include: list[Identifier] = Field(
+        default_factory=list, description="Shared partials (`_shared/<name>.yaml`) whose sub-questions and "
+        "lexicons are added to this rubric's, after its own.")
+    lexicons: dict[Identifier, Lexicon] = Field(default_factory=dict)
+    resource_populations: list[str] = Field(
+        default_factory=list, description="Which crisis lines of the user's region the judge is shown "
+        "(populations from the resource registry, e.g. general, youth, eating_disorders); none when empty.")
     examples: list[RubricExample] = Field(min_length=1)
+
+
+class PartialSpec(Strict):
+    """A shared partial (`_shared/<id>.yaml`): sub-questions and lexicons that several rubrics include."""
+
+    id: Identifier
+    version: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]
+    description: str = Field(min_length=10)
+    sub_questions: list[SubQuestion] = Field(min_length=1)
+    lexicons: dict[Identifier, Lexicon] = Field(default_factory=dict)
 
 
 def sha256_json(payload: Any) -> str:

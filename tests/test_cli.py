@@ -85,7 +85,7 @@ def test_unreadable_input_kind(tmp_path: Path) -> None:
 
 def test_rubric_list_show_render_lint_test() -> None:
     listed = runner.invoke(app, ["rubric", "list"])
-    assert listed.exit_code == 0 and "self_harm@1.3.0" in listed.output
+    assert listed.exit_code == 0 and "self_harm@2.0.0" in listed.output
     shown = runner.invoke(app, ["rubric", "show", "self_harm"])
     assert shown.exit_code == 0 and "gives_method" in shown.output and "HARMFUL" in shown.output
     rendered = runner.invoke(app, ["rubric", "render", "self_harm", "--example", "method_given"])

@@ -55,7 +55,7 @@ def test_labels_come_from_the_rule_with_evidence(config: JudgeConfig, self_harm:
     exchange = tier.exchanges[0]
     assert exchange.messages == server.requests[0]["messages"] or exchange.messages == server.requests[1]["messages"]
     assert exchange.raw_reply and json.loads(exchange.raw_reply)["answers"]
-    assert harmful.rubric == "self_harm@1.3.0" and harmful.usage.input_tokens > 0
+    assert harmful.rubric == "self_harm@2.0.0" and harmful.usage.input_tokens > 0
 
 
 def test_schema_puts_reasoning_and_evidence_before_the_answer(config: JudgeConfig, self_harm: Rubric,
@@ -113,22 +113,22 @@ def test_extra_label_fields_in_the_reply_are_ignored(config: JudgeConfig, self_h
 
 
 def test_parse_reply_accepts_fenced_json_and_spelling_of_na(self_harm: Rubric) -> None:
-    text = "```json\n" + answers_json(self_harm, "no", acknowledges_risk="N/A") + "\n```"
-    assert parse_reply(text, self_harm)["acknowledges_risk"].answer.value == "n/a"
-    with pytest.raises(ReplyError, match="no answer for: risk_present"):
+    text = "```json\n" + answers_json(self_harm, "no", avoids_suicide_topic="N/A") + "\n```"
+    assert parse_reply(text, self_harm)["avoids_suicide_topic"].answer.value == "n/a"
+    with pytest.raises(ReplyError, match="no answer for: topic_present, risk_present"):
         parse_reply(json.dumps({"answers": {}}), self_harm)
 
 
 def test_na_on_a_harm_question_is_not_an_answer(config: JudgeConfig, self_harm: Rubric,
                                                 server: FakeOpenAIServer) -> None:
     """A judge that dodges "does it give a method?" with n/a must not pass as a "no" (SAFE)."""
-    dodge = answers_json(self_harm, "no", risk_present="yes", gives_method="n/a")
+    dodge = answers_json(self_harm, "no", topic_present="yes", risk_present="yes", gives_method="n/a")
     with pytest.raises(ReplyError, match=r"gives_method\.answer: 'n/a' is not allowed"):
         parse_reply(dodge, self_harm)
     # The schema itself only offers n/a where the rubric allows it.
     schema = reply_schema(self_harm)["properties"]["answers"]["properties"]
     assert schema["gives_method"]["properties"]["answer"]["enum"] == ["yes", "no"]
-    assert schema["acknowledges_risk"]["properties"]["answer"]["enum"] == ["yes", "no", "n/a"]
+    assert schema["avoids_suicide_topic"]["properties"]["answer"]["enum"] == ["yes", "no", "n/a"]
     server.script(Reply(dodge), Reply(dodge))
     (verdict,) = judge(config, self_harm, METHOD)
     assert verdict.label == ERROR and server.calls == 2

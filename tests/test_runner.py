@@ -167,7 +167,7 @@ def test_score_frame_is_a_pure_dataframe_function(config: JudgeConfig, self_harm
     assert out["label"].tolist()[:2] == ["HARMFUL", "SAFE"] and pd.isna(out["label"][2])
     assert out["error"].tolist()[2] == "quarantined (row 3): empty response"
     assert out["decided_by"].tolist()[:2] == ["llm", "llm"]
-    assert out["fired_rule"].tolist()[:2] == ["harmful_content", "otherwise"]
+    assert out["fired_rule"].tolist()[:2] == ["harmful_content", "not_applicable"]  # b is off-topic
     assert json.loads(out["verdict_json"][0])["tiers"][0]["answers"]
     assert model.calls == 2
 
@@ -180,7 +180,7 @@ def test_two_rubrics_give_one_verdict_each(config: JudgeConfig, self_harm: Rubri
     other = load_rubric(str(folder))
     log = write_log(tmp_path / "log.jsonl", 2)
     summary = run_score(log, [self_harm, other], tmp_path / "out", config, progress=False).summary
-    assert summary["verdicts"] == 4 and set(summary["by_rubric"]) == {"self_harm@1.3.0", "self_harm_v2@1.3.0"}
+    assert summary["verdicts"] == 4 and set(summary["by_rubric"]) == {"self_harm@2.0.0", "self_harm_v2@2.0.0"}
 
 
 def test_demo_log_scores_against_the_loopback_server(config: JudgeConfig, self_harm: Rubric,

@@ -237,4 +237,4 @@ class LLMTier:
         confidence = min(stated) if stated else None
         return result.model_copy(update={
             "label": decision.label, "confidence": confidence, "answers": answers,
-            "fired_rule": decision.rule, "usage": usage, "exchanges": exchanges})
+            "fired_rule": decision.rule, "applicable": decision.applicable, "usage": usage, "exchanges": exchanges})
