@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import SecretStr, ValidationError
 
+from judge.cli_resources import app as resources_app
 from judge.ingest import ColumnMap, InputError
 from judge.judges import JudgeSelectionError, choose_judge, open_judge
 from judge.local_judge import LocalJudgeError
@@ -28,6 +29,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Judge chatbot responses for psychological-safety harm.")
 rubric_app = typer.Typer(no_args_is_help=True, help="List, show, render, lint and test rubrics.")
 app.add_typer(rubric_app, name="rubric")
+app.add_typer(resources_app, name="resources", help="The crisis-resource registry: list, check a response, lint.")
 
 RubricsDir = Annotated[list[Path] | None, typer.Option(
     "--rubrics-dir", help="Extra folder of rubric folders, searched before the built-ins.")]
@@ -183,10 +185,18 @@ def rubric_show(ref: str, rubrics_dir: RubricsDir = None) -> None:
     """Show a rubric's sub-questions, verdict rule and examples."""
     rubric = _rubric(ref, rubrics_dir)
     spec = rubric.spec
-    typer.echo(f"{rubric.key}: {spec.title}\nowner: {spec.owner}\nfolder: {rubric.folder}\n\n"
+    typer.echo(f"{rubric.key}: {spec.title}\nowner: {spec.owner}\nfolder: {rubric.folder}\n"
+               f"includes: {', '.join(spec.include) or 'nothing'}\n"
+               f"crisis lines shown to the judge: {', '.join(spec.resource_populations) or 'none'}\n\n"
                f"{spec.description.strip()}\n\nSub-questions:")
     for q in spec.sub_questions:
-        typer.echo(f"  {q.id}: {q.text}\n      why: {q.rationale}\n      source: {q.source}")
+        na = " (n/a allowed)" if q.allows_na else ""
+        typer.echo(f"  {q.id}{na}: {q.text}\n      why: {q.rationale}\n      source: {q.source}")
+        if q.lexicon:
+            typer.echo(f"      lexicon {q.lexicon}: {'; '.join(spec.lexicons[q.lexicon].terms)}")
+    if spec.verdict.applies_when is not None:
+        typer.echo(f"\nApplies when: {json.dumps(spec.verdict.applies_when)} "
+                   "(otherwise SAFE and not applicable, unless a HARMFUL rule holds)")
     typer.echo("\nVerdict rule (first match wins):")
     for rule in spec.verdict.rules:
         typer.echo(f"  {rule.label.value:<10} {rule.name}: {json.dumps(rule.when)}")
@@ -239,6 +249,11 @@ def rubric_lint(refs: list[str], rubrics_dir: RubricsDir = None) -> None:
 @rubric_app.command("test")
 def rubric_test(
     ref: str,
+    dataset: Annotated[Path | None, typer.Option(
+        "--dataset", "-d", help="A labelled JSONL file (datasets/<rubric>/examples.jsonl) to check as well.")] = None,
+    sample: Annotated[int | None, typer.Option(
+        "--sample", min=1, help="With --judge: judge only this many dataset rows, taken in turn from each "
+        "gold label in file order.")] = None,
     judge: JudgeOpt = None,
     api_base: ApiBaseOpt = None,
     api_key: ApiKeyOpt = None,
@@ -247,8 +262,10 @@ def rubric_test(
     no_cache: NoCacheOpt = False,
     rubrics_dir: RubricsDir = None,
 ) -> None:
-    """Run the rubric's labelled examples: through the verdict rule with the clinician's answers,
-    and, with --judge, through the judge model too."""
+    """Run the rubric's labelled examples (and a --dataset) through the verdict rule with the
+    clinicians' answers, and, with --judge, through the judge model too. Exit 1 on any disagreement."""
+    from judge.datasets import DatasetError, check_labelled, coverage, read_labelled, sample_rows
+
     rubric = _rubric(ref, rubrics_dir)
     failed = 0
     typer.echo(f"{rubric.key}: verdict rule on the clinician's answers")
@@ -257,8 +274,20 @@ def rubric_test(
         mark = "ok  " if outcome.passed else "FAIL"
         typer.echo(f"  {mark} {outcome.example:<28} expected {outcome.expected.value:<10} got "
                    f"{outcome.got.value if hasattr(outcome.got, 'value') else outcome.got} ({outcome.rule})")
+    rows = []
+    if dataset is not None:
+        try:
+            rows = read_labelled(dataset)
+        except (OSError, DatasetError) as exc:
+            _fail(f"--dataset: {exc}", EXIT_INPUT if isinstance(exc, OSError) else EXIT_USAGE)
+        problems = check_labelled(rubric, rows)
+        failed += len(problems)
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(coverage(rows)["labels"].items()))
+        typer.echo(f"{dataset}: {len(rows)} rows ({labels}); {len(problems)} disagree with the verdict rule")
+        for problem in problems:
+            typer.echo(f"  FAIL {problem.row:<28} {problem.problem}")
     if judge:
-        from judge.runner import build_cascade, judge_examples
+        from judge.runner import build_cascade, judge_examples, judge_labelled
 
         options = _judge_options(api_base, api_key, concurrency, 4, 120.0, cache_dir, no_cache)
         with _judge(judge, options, [rubric]) as (config, description):
@@ -270,6 +299,18 @@ def rubric_test(
                 why = verdict.error or next((t.fired_rule for t in verdict.tiers if t.fired_rule), "")
                 typer.echo(f"  {'ok  ' if ok else 'FAIL'} {example_id:<28} expected {expected:<10} got "
                            f"{verdict.label_name} ({why})")
+            if rows:
+                chosen = sample_rows(rows, sample) if sample else rows
+                judged = judge_labelled(rubric, chosen, cascade, config.concurrency)
+                agree = sum(v.label_name == row.gold_label.value for row, v in judged)
+                failed += len(judged) - agree
+                typer.echo(f"{dataset}: judge agrees with the gold label on {agree}/{len(judged)} rows")
+                for row, verdict in judged:
+                    if verdict.label_name != row.gold_label.value:
+                        wrong = [a.question_id for t in verdict.tiers for a in t.answers
+                                 if row.gold_answers.get(a.question_id) not in (None, a.value)]
+                        typer.echo(f"  FAIL {row.id:<28} gold {row.gold_label.value:<10} got {verdict.label_name:<10} "
+                                   f"{verdict.error or 'answers differ on: ' + ', '.join(wrong)}")
     raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 

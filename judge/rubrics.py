@@ -309,6 +309,16 @@ def _compile_applies(path: Path, spec: RubricSpec) -> _Cond | None:
         raise RubricError(path, exc.where, exc.problem) from exc
 
 
+def _check_populations(path: Path, spec: RubricSpec) -> None:
+    from judge.resources import Population  # the registry module reads rubric files: import late
+
+    known = [p.value for p in Population]
+    for i, name in enumerate(spec.resource_populations):
+        if name not in known:
+            raise RubricError(path, f"resource_populations.{i}", f"unknown population {name!r}; expected one of "
+                              f"{', '.join(known)} (as in resources/)")
+
+
 def _shared_dirs(folder: Path) -> list[Path]:
     """Where partials and shared templates are looked up: a `_shared/` beside the rubric's folder (for
     rubrics kept outside the package), then the built-in one."""
@@ -382,6 +392,9 @@ _SAMPLE_CONTEXT: dict[str, Any] = {
     "user_risk_tier": "unknown",
     "apology_stripped": False,
     "compact": False,
+    "crisis_lines": {"known": False, "region": None, "region_name": None, "emergency": [], "services": [],
+                     "global_guidance": ["sample guidance"], "note": "sample note"},
+    "quoted_numbers": [{"text": "000", "status": "unlisted", "countries": []}],
 }
 
 
@@ -402,6 +415,7 @@ def load_rubric_folder(folder: Path) -> Rubric:
         raise _pydantic_problem(path, exc) from exc
     rules = _check_cross_references(path, spec)
     applies = _compile_applies(path, spec)
+    _check_populations(path, spec)
 
     search = [str(folder), *(str(d) for d in shared)]
     env = SandboxedEnvironment(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from judge.framing import delimiter_tag, neutralise, strip_apology
 from judge.models import JudgeCallError, JudgeModel, ModelReply
+from judge.resources import check_numbers, prompt_context
 from judge.rubrics import Rubric, example_records
 from judge.schema import Answer, AnswerValue, Exchange, Record, TierResult, Usage, sha256_json
 from judge.tiers.base import register_tier
@@ -156,6 +157,7 @@ def build_messages(record: Record, rubric: Rubric,
         "user_risk_tier": record.meta.user_risk_tier.value if record.meta.user_risk_tier else "unknown",
         "apology_stripped": stripped.changed,
         "compact": compact,
+        **resource_context(record, rubric),
     }
     # The system message depends on the rubric only, the user message on the record: a server
     # with a prompt cache keeps the rubric prefix warm across records.
@@ -164,6 +166,20 @@ def build_messages(record: Record, rubric: Rubric,
         {"role": "user", "content": rubric.render("user", **context)},
     ]
     return messages, shown, stripped.text if stripped.changed else None
+
+
+def resource_context(record: Record, rubric: Rubric) -> dict[str, Any]:
+    """The crisis lines of the user's region that the rubric asks the judge to see, and the registry
+    check of every number the response quotes: facts a judge (a small one especially) cannot be
+    expected to know, for the questions about resources and regions."""
+    if not rubric.spec.resource_populations:
+        return {"crisis_lines": None, "quoted_numbers": []}
+    wanted = set(rubric.spec.resource_populations)
+    lines = prompt_context(record.meta.region)
+    lines["services"] = [svc for svc in lines["services"] if wanted & set(svc["populations"])]
+    check = check_numbers(record.response, record.meta.region)
+    quoted = [{"text": n.text, "status": n.status.value, "countries": n.countries} for n in check.numbers]
+    return {"crisis_lines": lines, "quoted_numbers": quoted}
 
 
 def prompt_chars(rubrics: Sequence[Rubric], compact: bool = True) -> int:
