@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from judge.atomic import write_text_atomic
 from judge.cascade import Cascade, combine_verdicts
+from judge.datasets import LabelledRow
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
 from judge.models import JudgeConfig, JudgeModel
 from judge.rubrics import Rubric, example_records
@@ -397,6 +398,13 @@ def run_score(
         summary["by_record"] = dict(by_record)
     write_json_atomic(out_dir / SUMMARY_FILE, summary)
     return RunOutcome(out_dir, summary)
+
+
+def judge_labelled(rubric: Rubric, rows: Sequence[LabelledRow], cascade: Cascade,
+                   concurrency: int = 4) -> list[tuple[LabelledRow, Verdict]]:
+    """Judge labelled rows with a real cascade, each beside its verdict, in the rows' order."""
+    verdicts = judge_all([(row.record(), rubric) for row in rows], cascade, concurrency)
+    return [(row, verdicts[(row.id, rubric.key)]) for row in rows]
 
 
 def judge_examples(rubric: Rubric, cascade: Cascade, concurrency: int = 4) -> list[tuple[str, str, Verdict]]:
