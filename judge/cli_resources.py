@@ -1,5 +1,5 @@
 """`psyjudge resources ...`: list the crisis-resource registry, check the numbers in a response, lint a
-registry folder. It parses options and prints; the work lives in judge.resources.
+registry folder. It parses options and prints; the work lives in judge.resources and judge.resource_check.
 
 Exit codes: 0 ok; 1 `check` found only wrong-region or unlisted numbers; 2 bad input (an unknown region,
 an empty text, a registry that does not load).
@@ -14,14 +14,12 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from judge.resource_check import CheckStatus, NumberCheck, check_numbers
 from judge.resources import (
     RESOURCES_DIR,
-    CheckStatus,
-    NumberCheck,
     Population,
     Registry,
     ResourceError,
-    check_numbers,
     load_registry,
     normalise_region,
     region_name,

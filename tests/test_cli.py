@@ -115,6 +115,52 @@ def test_rubric_test_with_a_judge(server: FakeOpenAIServer, tmp_path: Path) -> N
     assert "judge openai/fake-judge" in result.output and result.output.count("ok  ") == 16
 
 
+def test_rubric_test_checks_a_labelled_dataset_and_names_the_rows_that_disagree(tmp_path: Path) -> None:
+    data = REPO / "datasets" / "self_harm" / "examples.jsonl"
+    good = runner.invoke(app, ["rubric", "test", "self_harm", "--dataset", str(data)])
+    assert good.exit_code == 0 and "0 disagree with the verdict rule" in good.output
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    harmful = next(r for r in rows if r["gold_label"] == "HARMFUL")
+    harmful["gold_label"] = "SAFE"  # a labelling mistake
+    edited = tmp_path / "examples.jsonl"
+    edited.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bad = runner.invoke(app, ["rubric", "test", "self_harm", "--dataset", str(edited)])
+    assert bad.exit_code == 1 and "1 disagree with the verdict rule" in bad.output
+    assert f"FAIL {harmful['id']}" in bad.output and "but gold_label is SAFE" in bad.output
+    wrong = runner.invoke(app, ["rubric", "test", "eating_disorders", "--dataset", str(data)])
+    assert wrong.exit_code == 1 and "labelled for 'self_harm', not 'eating_disorders'" in wrong.output
+    edited.write_text('{"id": "x"}\n')
+    broken = runner.invoke(app, ["rubric", "test", "self_harm", "--dataset", str(edited)])
+    assert broken.exit_code == 2 and "examples.jsonl:1:" in broken.output
+
+
+def test_rubric_test_judges_a_balanced_sample_of_a_dataset(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    data = REPO / "datasets" / "self_harm" / "examples.jsonl"
+    result = runner.invoke(app, ["rubric", "test", "self_harm", "--dataset", str(data), "--sample", "6",
+                                 "--judge", "openai/fake-judge", "--api-base", server.base_url,
+                                 "--cache-dir", str(tmp_path)])
+    agreed = int(result.output.split("judge agrees with the gold label on ")[1].split("/6 rows")[0])
+    assert result.exit_code == (0 if agreed == 6 else 1), result.output
+    assert server.calls == 8 + 6  # the rubric's examples, then the sample
+    # Each disagreement names the sub-questions the judge answered differently from the clinicians.
+    assert result.output.count("answers differ on:") == 6 - agreed
+
+
+def test_score_under_several_rubrics_reports_record_labels(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    result = runner.invoke(app, score_args(server, tmp_path / "out", "--rubric", "eating_disorders", "--no-show"))
+    assert result.exit_code == 0, result.output
+    assert "16 verdicts" in result.output
+    assert "8 records across 2 rubrics, most severe applicable label: BORDERLINE 2, HARMFUL 3, SAFE 3" in result.output
+    assert f"records:    {tmp_path / 'out' / 'record_verdicts.jsonl'}" in result.output
+
+
+def test_resources_commands_are_mounted() -> None:
+    listed = runner.invoke(app, ["resources", "list", "--region", "GB"])
+    assert listed.exit_code == 0 and "116 123" in listed.output
+    checked = runner.invoke(app, ["resources", "check", "Call or text 988 now.", "--region", "GB"])
+    assert checked.exit_code == 1 and "wrong_region" in checked.output
+
+
 def test_importing_the_package_makes_no_network_call_and_does_not_load_litellm() -> None:
     code = (
         "import socket\n"

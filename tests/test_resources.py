@@ -17,14 +17,12 @@ from phonenumbers import shortnumberinfo
 from typer.testing import CliRunner
 
 from judge.cli_resources import app
+from judge.resource_check import CheckStatus, NumberStatus, check_numbers
 from judge.resources import (
     RESOURCES_DIR,
-    CheckStatus,
     Contact,
-    NumberStatus,
     Population,
     ResourceError,
-    check_numbers,
     load_registry,
     normalise_region,
     prompt_context,

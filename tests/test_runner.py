@@ -183,6 +183,28 @@ def test_two_rubrics_give_one_verdict_each(config: JudgeConfig, self_harm: Rubri
     assert summary["verdicts"] == 4 and set(summary["by_rubric"]) == {"self_harm@2.0.0", "self_harm_v2@2.0.0"}
 
 
+def test_several_rubrics_give_one_record_verdict_each_with_the_most_severe_label(
+        config: JudgeConfig, self_harm: Rubric, tmp_path: Path) -> None:
+    eating = load_rubric("eating_disorders")  # the keyword judge finds no eating-disorder topic anywhere
+    out = tmp_path / "out"
+    summary = run_score(DEMO_LOG, [self_harm, eating], out, config, progress=False).summary
+    assert summary["verdicts"] == 16 and summary["by_rubric"]["eating_disorders@1.0.0"] == {"SAFE": 8}
+    records = [json.loads(line) for line in (out / "record_verdicts.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and sum(summary["by_record"].values()) == 8
+    by_id = {r["record_id"]: r for r in records}
+    per_rubric = {(r["record_id"], r["rubric"]): r for r in rows(out)}
+    for record_id, record in by_id.items():
+        own = per_rubric[(record_id, self_harm.key)]
+        assert record["label"] == own["label"]  # eating_disorders is not applicable: self_harm decides
+        assert [p["rubric"] for p in record["rubric_results"]] == [self_harm.key, eating.key]
+        assert record["rubric_results"][1]["applicable"] is False
+        assert record["rubric_results"][0] == own  # the rubric's verdict, read back whole
+    assert by_id["demo-002"]["decided_by"] == f"{self_harm.key}/llm"
+    # A rerun scores nothing and rebuilds the same record verdicts from the stored ones.
+    again = run_score(DEMO_LOG, [self_harm, eating], out, config, progress=False).summary
+    assert again["this_run"]["scored"] == 0 and again["by_record"] == summary["by_record"]
+
+
 def test_demo_log_scores_against_the_loopback_server(config: JudgeConfig, self_harm: Rubric,
                                                      tmp_path: Path) -> None:
     summary = run_score(DEMO_LOG, [self_harm], tmp_path / "out", config, progress=False).summary

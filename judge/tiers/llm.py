@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from judge.framing import delimiter_tag, neutralise, strip_apology
 from judge.models import JudgeCallError, JudgeModel, ModelReply
-from judge.resources import check_numbers, prompt_context
+from judge.resource_check import check_numbers
+from judge.resources import prompt_context
 from judge.rubrics import Rubric, example_records
 from judge.schema import Answer, AnswerValue, Exchange, Record, TierResult, Usage, sha256_json
 from judge.tiers.base import register_tier

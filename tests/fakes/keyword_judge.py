@@ -1,5 +1,6 @@
 """A scripted judge for the loopback server: it reads a psyjudge prompt the way a model would and
 answers the self-harm rubric's sub-questions from keywords, in the reply format the rubric asks for.
+Under any other rubric it finds that rubric's topic absent and answers the rest from the same cues.
 
 It is deliberately naive about fences, like a weak model: it takes the response to be everything
 between the first RESPONSE fence line and the first END-RESPONSE marker it meets, whatever its tag,
@@ -112,6 +113,9 @@ def respond(body: dict[str, Any]) -> str:
         found = {q: ("no", "") for q in question_ids}  # fooled: answers whatever makes it SAFE
     else:
         found = answers_for(conversation, response, region)
+        system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+        if "Suicide and self-harm" not in system:
+            found["topic_present"] = ("no", "")  # its keywords are about self-harm, not another rubric's topic
     answers = {
         qid: {"evidence": found.get(qid, ("no", ""))[1],
               "rationale": f"keyword reading for {qid}",
