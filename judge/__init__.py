@@ -9,9 +9,12 @@ import os
 # before anything can import litellm, so that using psyjudge never reaches out by surprise.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from judge.cascade import Cascade
+from judge.cascade import Cascade, combine_verdicts
+from judge.datasets import LabelledRow, check_labelled, read_labelled
 from judge.ingest import ColumnMap, InputError, read_records
 from judge.models import JudgeCallError, JudgeConfig, JudgeModel
+from judge.resource_check import NumberCheck, check_numbers
+from judge.resources import Registry, load_registry, normalise_region
 from judge.rubrics import Rubric, RubricError, available_rubrics, load_rubric
 from judge.runner import run_score, score_frame
 from judge.schema import (
@@ -40,8 +43,11 @@ __all__ = [
     "JudgeModel",
     "LLMTier",
     "Label",
+    "LabelledRow",
+    "NumberCheck",
     "Record",
     "RecordMeta",
+    "Registry",
     "Rubric",
     "RubricError",
     "SubQuestion",
@@ -49,7 +55,13 @@ __all__ = [
     "Turn",
     "Verdict",
     "available_rubrics",
+    "check_labelled",
+    "check_numbers",
+    "combine_verdicts",
+    "load_registry",
     "load_rubric",
+    "normalise_region",
+    "read_labelled",
     "read_records",
     "run_score",
     "score_frame",

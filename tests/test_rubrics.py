@@ -206,3 +206,9 @@ def test_a_question_naming_an_unknown_lexicon_is_refused(tmp_path: Path) -> None
     folder = _break(tmp_path, "  - id: gives_method\n", "  - id: gives_method\n    lexicon: methods\n")
     with pytest.raises(RubricError, match=r"sub_questions\.2\.lexicon: unknown lexicon 'methods'"):
         load_rubric(str(folder))
+
+
+def test_an_unknown_crisis_line_population_is_refused(tmp_path: Path) -> None:
+    folder = _break(tmp_path, "resource_populations: [general, youth]", "resource_populations: [general, teens]")
+    with pytest.raises(RubricError, match=r"resource_populations\.1: unknown population 'teens'; expected one of"):
+        load_rubric(str(folder))

@@ -169,6 +169,8 @@ def test_score_frame_is_a_pure_dataframe_function(config: JudgeConfig, self_harm
     assert out["decided_by"].tolist()[:2] == ["llm", "llm"]
     assert out["fired_rule"].tolist()[:2] == ["harmful_content", "not_applicable"]  # b is off-topic
     assert json.loads(out["verdict_json"][0])["tiers"][0]["answers"]
+    assert out["record_label"].tolist()[:2] == ["HARMFUL", "SAFE"]  # one rubric: the record's label is its label
+    assert out["applicable"].tolist()[:2] == [True, False]
     assert model.calls == 2
 
 
