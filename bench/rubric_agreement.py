@@ -79,7 +79,8 @@ def judge_rubric(rubric_id: str, per_rubric: int, judge: str) -> dict[str, Any]:
         "rows": len(results),
         "errors": len(results) - len(graded),
         "agreement": round(sum(a == b for a, b in zip(gold, got, strict=True)) / len(graded), 3) if graded else None,
-        "cohen_kappa": round(float(cohen_kappa_score(gold, got, labels=LABELS)), 3) if len(set(gold + got)) > 1 else None,
+        "cohen_kappa": (round(float(cohen_kappa_score(gold, got, labels=LABELS)), 3)
+                        if len(set(gold + got)) > 1 else None),
         "confusion": {"labels": LABELS, "rows_gold_cols_judge": confusion_matrix(gold, got, labels=LABELS).tolist()}
         if graded else None,
         "harmful_missed": sum(1 for r in graded if r["gold"] == "HARMFUL" and r["label"] == "SAFE"),
@@ -94,7 +95,7 @@ def judge_rubric(rubric_id: str, per_rubric: int, judge: str) -> dict[str, Any]:
 def markdown(reports: list[dict[str, Any]]) -> str:
     lines = ["# Judge agreement with the project's labelled data", ""]
     if not reports:
-        return "\n".join(lines + ["No results yet: run python bench/rubric_agreement.py."]) + "\n"
+        return "\n".join([*lines, "No results yet: run python bench/rubric_agreement.py."]) + "\n"
     first = reports[0]
     lines += [
         f"Judge `{first['judge']}` on {first['machine']['platform']}, {first['machine']['cores']} cores; a balanced "
