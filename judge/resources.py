@@ -29,7 +29,7 @@ from phonenumbers import shortnumberinfo
 from phonenumbers.geodata.locale import LOCALE_DATA
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
-from judge.rubrics import RubricError, _yaml_load, builtin_rubrics_dir
+from judge.rubrics import RubricError, builtin_rubrics_dir, load_yaml
 from judge.schema import Identifier, Strict
 
 RESOURCES_DIR = "resources"
@@ -368,7 +368,7 @@ def _validation_problem(path: Path, raw: Any, exc: ValidationError) -> ResourceE
 
 def _read(path: Path, model: type[RegionFile] | type[GlobalFile]) -> tuple[Any, Any]:
     try:
-        raw = _yaml_load(path)  # the rubric loader: YAML 1.2 booleans, so `no`/`on` stay words
+        raw = load_yaml(path)  # the rubric loader: YAML 1.2 booleans, so `no`/`on` stay words
     except RubricError as exc:
         raise ResourceError(path, exc.field, exc.problem) from exc
     if not isinstance(raw, dict):

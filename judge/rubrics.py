@@ -228,7 +228,9 @@ _RubricLoader.add_implicit_resolver(
 )
 
 
-def _yaml_load(path: Path) -> Any:
+def load_yaml(path: Path) -> Any:
+    """Read a clinician-edited YAML file the YAML 1.2 way (yes/no stay words); a syntax error names
+    the line and column. Rubrics, partials and the resource registry all load through here."""
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_RubricLoader)
     except yaml.MarkedYAMLError as exc:
@@ -342,7 +344,7 @@ def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> 
             known = sorted({p.stem for d in shared for p in d.glob("*.yaml")})
             raise RubricError(path, f"include.{i}", f"unknown partial {name!r}; expected one of: "
                               f"{', '.join(known) or 'none found'}")
-        data = _yaml_load(found)
+        data = load_yaml(found)
         try:
             partial = PartialSpec.model_validate(data)
         except ValidationError as exc:
@@ -404,7 +406,7 @@ def load_rubric_folder(folder: Path) -> Rubric:
     path = folder / RUBRIC_FILE
     if not path.is_file():
         raise RubricError(path, "file", "not found; a rubric folder holds a rubric.yaml")
-    raw = _yaml_load(path)
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise RubricError(path, "(top level)", f"expected a mapping of fields, got {type(raw).__name__}")
     shared = _shared_dirs(folder)
