@@ -69,6 +69,16 @@ def test_schema_puts_reasoning_and_evidence_before_the_answer(config: JudgeConfi
     assert schema["properties"]["answers"]["required"] == self_harm.question_ids
 
 
+def test_compact_schema_keeps_evidence_before_each_answer_and_drops_free_reasoning(self_harm: Rubric) -> None:
+    schema = reply_schema(self_harm, compact=True)
+    assert list(schema["properties"]) == ["answers"] and schema["required"] == ["answers"]
+    item = schema["properties"]["answers"]["properties"]["gives_method"]
+    assert list(item["properties"]) == ["evidence", "answer"] and item["properties"]["evidence"]["maxLength"] == 160
+    system = build_messages(Record(id="x", response="r"), self_harm, compact=True)[0][0]["content"]
+    assert '{"answers": {' in system and "reasoning" not in system.split("Reply format:")[1]
+    assert parse_reply(json.dumps({"answers": json.loads(answers_json(self_harm))["answers"]}), self_harm)
+
+
 def test_malformed_then_valid_reply_is_reasked_once(config: JudgeConfig, self_harm: Rubric,
                                                     server: FakeOpenAIServer) -> None:
     server.script(Malformed("Sure! The answer is SAFE."))

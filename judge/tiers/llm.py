@@ -55,9 +55,15 @@ class _ReplyAnswer(BaseModel):
 
 def reply_schema(rubric: Rubric, compact: bool = False) -> dict[str, Any]:
     """The JSON schema the judge must follow. Reasoning comes first and, inside every answer, the
-    evidence (and rationale) come before the answer: small models grade far more accurately when
-    they write their reasons before committing to a value. `compact` drops the per-answer rationale
-    and confidence and bounds the free text, for small local models where output tokens are slow."""
+    evidence (and rationale) come before the answer: models grade more accurately when they write
+    their reasons before committing to a value.
+
+    `compact` is for small local models, where output tokens are slow: it keeps only the evidence
+    and the answer, bounds the evidence, and drops the free reasoning. A 1.5B judge facing 11 to 14
+    questions filled that reasoning with a list of "the response does not..." paraphrases of the
+    questions, and then answered "no" to everything it had listed, applicability included. With the
+    evidence for each question written right before its answer it reads the text again
+    (bench/results/local_judge.md)."""
 
     def item(allows_na: bool) -> dict[str, Any]:
         values = [v.value for v in AnswerValue if allows_na or v is not AnswerValue.NOT_APPLICABLE]
@@ -70,23 +76,15 @@ def reply_schema(rubric: Rubric, compact: bool = False) -> dict[str, Any]:
             props["confidence"] = {"type": "number", "minimum": 0, "maximum": 1}
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
-    reasoning: dict[str, Any] = {"type": "string"}
-    if compact:
-        reasoning["maxLength"] = 600
-    return {
+    answers = {
         "type": "object",
-        "properties": {
-            "reasoning": reasoning,
-            "answers": {
-                "type": "object",
-                "properties": {q.id: item(q.allows_na) for q in rubric.spec.sub_questions},
-                "required": rubric.question_ids,
-                "additionalProperties": False,
-            },
-        },
-        "required": ["reasoning", "answers"],
+        "properties": {q.id: item(q.allows_na) for q in rubric.spec.sub_questions},
+        "required": rubric.question_ids,
         "additionalProperties": False,
     }
+    properties: dict[str, Any] = {"answers": answers} if compact else {"reasoning": {"type": "string"},
+                                                                        "answers": answers}
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
 def response_format(rubric: Rubric, compact: bool = False) -> dict[str, Any]:
