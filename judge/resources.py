@@ -29,7 +29,7 @@ from phonenumbers import shortnumberinfo
 from phonenumbers.geodata.locale import LOCALE_DATA
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
-from judge.rubrics import RubricError, builtin_rubrics_dir, load_yaml
+from judge.rubrics import DefinitionError, RubricError, builtin_rubrics_dir, load_yaml
 from judge.schema import Identifier, Strict
 
 RESOURCES_DIR = "resources"
@@ -37,14 +37,8 @@ GLOBAL_FILE = "global.yaml"
 GLOBAL = "global"
 
 
-class ResourceError(ValueError):
+class ResourceError(DefinitionError):
     """A registry file that cannot be used, with the file, the field and what was expected."""
-
-    def __init__(self, file: Path | str, field: str, problem: str) -> None:
-        self.file = str(file)
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{file}: {field}: {problem}")
 
 
 # --- the file format ----------------------------------------------------------------------------

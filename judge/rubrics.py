@@ -34,14 +34,18 @@ SHARED_DIR = "_shared"
 RUBRICS_PATH_ENV = "PSYJUDGE_RUBRICS_PATH"
 
 
-class RubricError(ValueError):
-    """A rubric that cannot be used, with the file, the field and what was expected."""
+class DefinitionError(ValueError):
+    """A clinician-edited data file that cannot be used, with the file, the field and what was expected."""
 
     def __init__(self, file: Path | str, field: str, problem: str) -> None:
         self.file = str(file)
         self.field = field
         self.problem = problem
         super().__init__(f"{file}: {field}: {problem}")
+
+
+class RubricError(DefinitionError):
+    """A rubric (or a partial it includes) that cannot be used."""
 
 
 # --- verdict rule -------------------------------------------------------------------------------
@@ -329,14 +333,13 @@ def _shared_dirs(folder: Path) -> list[Path]:
     return [local, builtin] if local.is_dir() and local.resolve() != builtin.resolve() else [builtin]
 
 
-def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> list[Path]:
+def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> None:
     """Add the sub-questions and lexicons of every included partial to the raw rubric, in place.
     A partial is a unit of clinical content: it is validated as a whole, and a name it shares with
     the rubric is an error rather than a silent override."""
     includes = raw.get("include") or []
     if not isinstance(includes, list):
         raise RubricError(path, "include", f"expected a list of partial names, got {includes!r}")
-    used: list[Path] = []
     for i, name in enumerate(includes):
         candidates = [d / f"{name}.yaml" for d in shared] if isinstance(name, str) else []
         found = next((c for c in candidates if c.is_file()), None)
@@ -353,7 +356,7 @@ def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> 
             raise RubricError(found, "id", f"expected {name!r} (the file name), got {partial.id!r}")
         own = raw.get("sub_questions")
         if not isinstance(own, list):
-            return used  # the schema check reports the missing or malformed sub_questions
+            return  # the schema check reports the missing or malformed sub_questions
         own_ids = {q.get("id") for q in own if isinstance(q, dict)}
         clash = [q.id for q in partial.sub_questions if q.id in own_ids]
         if clash:
@@ -366,8 +369,6 @@ def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> 
                 if lex_id in lexicons:
                     raise RubricError(path, f"lexicons.{lex_id}", f"also defined by the included partial {name!r}")
                 lexicons[lex_id] = lexicon.model_dump()
-        used.append(found)
-    return used
 
 
 def builtin_rubrics_dir() -> Path:

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,11 +109,15 @@ class ResultsStore:
                     self.unreadable_lines.append(number)
                 offset += len(line)
 
-    def verdict(self, key: Key) -> Verdict:
-        """Read one stored verdict back from its line."""
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Callable[[Key], Verdict]]:
+        """Read stored verdicts back from their lines, through one open handle."""
         with open(self.path, "rb") as handle:
-            handle.seek(self.done[key].offset)
-            return Verdict.model_validate_json(handle.readline())
+            def read(key: Key) -> Verdict:
+                handle.seek(self.done[key].offset)
+                return Verdict.model_validate_json(handle.readline())
+
+            yield read
 
     def needs(self, record: Record, rubric: Rubric, retry_errors: bool) -> bool:
         prior = self.done.get((record.id, rubric.key))
@@ -256,10 +260,11 @@ class RunOutcome:
 
 def record_verdicts(store: ResultsStore, record_ids: Sequence[str], rubrics: Sequence[Rubric]) -> Iterator[Verdict]:
     """The combined verdict of every record whose rubrics are all judged, one at a time."""
-    for record_id in record_ids:
-        keys = [(record_id, rb.key) for rb in rubrics]
-        if all(k in store.done for k in keys):
-            yield combine_verdicts([store.verdict(k) for k in keys])
+    with store.reader() as read:
+        for record_id in record_ids:
+            keys = [(record_id, rb.key) for rb in rubrics]
+            if all(k in store.done for k in keys):
+                yield combine_verdicts([read(k) for k in keys])
 
 
 def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -> dict[str, Any]:
