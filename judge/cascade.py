@@ -2,7 +2,9 @@
 
 Each tier answers with a label and a confidence, abstains, or fails. The first tier whose label is
 at least as confident as its threshold decides; the last tier decides with any label it gives. A
-failed or abstaining tier escalates. When no tier gives a label the verdict is ERROR, never SAFE.
+failed or abstaining tier escalates. When no tier gives a label, a cheaper tier's fallback label
+(the rules tier's answers read through the verdict rule) is used and the verdict is marked
+degraded; with no fallback either the verdict is ERROR, never SAFE.
 
 A record judged under several rubrics gets one combined verdict: the most severe label among the
 rubrics that apply to it, with every rubric's own verdict kept inside.
@@ -14,9 +16,46 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
+from typing import Literal
+
+from pydantic import Field, model_validator
+
 from judge.rubrics import Rubric
-from judge.schema import ERROR, Label, Record, TierResult, Usage, Verdict, VerdictLabel, sha256_json
+from judge.schema import ERROR, Label, Record, Strict, TierResult, Usage, Verdict, VerdictLabel, sha256_json
 from judge.tiers.base import Tier
+
+TierName = Literal["rules", "llm"]
+
+
+class CascadeConfig(Strict):
+    """Which tiers run, cheapest first, and how confident each must be to decide."""
+
+    tiers: list[TierName] = Field(default_factory=lambda: ["rules", "llm"], min_length=1)
+    thresholds: dict[TierName, float] = Field(
+        default_factory=dict, description="Minimum confidence for a tier's label to stop the cascade (default: "
+        "rules 0.9); the last tier decides with any label it gives.")
+    programs: bool = Field(default=True, description="Run the rubrics' saved judging programs in the rules tier.")
+
+    @model_validator(mode="after")
+    def _known(self) -> CascadeConfig:
+        if len(set(self.tiers)) != len(self.tiers):
+            raise ValueError(f"a tier is listed twice: {', '.join(self.tiers)}")
+        extra = set(self.thresholds) - set(self.tiers)
+        if extra:
+            raise ValueError(f"thresholds for tier(s) not in the cascade: {', '.join(sorted(extra))}")
+        return self
+
+    @property
+    def uses_llm(self) -> bool:
+        return "llm" in self.tiers
+
+    def effective_thresholds(self) -> dict[str, float]:
+        defaults = {t: DEFAULT_THRESHOLDS[t] for t in self.tiers if t in DEFAULT_THRESHOLDS}
+        return {**defaults, **self.thresholds}
+
+
+DEFAULT_THRESHOLDS: dict[str, float] = {"rules": 0.9}
+"""The rules tier decides only through high-precision checks (confidence 0.9 and up by convention)."""
 
 
 class Cascade:
@@ -50,16 +89,27 @@ class Cascade:
                 break
         usage = sum((r.usage for r in results), Usage())
         errors = [f"{r.tier}: {r.error}" for r in results if r.error]
+        label: VerdictLabel = ERROR
+        if decided is not None and decided.label is not None:
+            label = decided.label
+        fallback = None
+        if decided is None:
+            # The tiers' own results stay as they were; only the verdict takes the fallback label.
+            fallback = next((r for r in reversed(results) if r.fallback_label is not None and r.error is None), None)
+            if fallback is not None and fallback.fallback_label is not None:
+                label = fallback.fallback_label
+        source = decided or fallback
         return Verdict(
             record_id=record.id,
             record_sha256=record.content_hash(),
             rubric=rubric.key,
             rubric_sha256=rubric.sha256,
-            label=decided.label if decided and decided.label else ERROR,
-            decided_by=decided.tier if decided else None,
-            applicable=decided.applicable if decided else None,
+            label=label,
+            decided_by=source.tier if source else None,
+            applicable=source.applicable if source else None,
             tiers=results,
             error=None if decided else ("; ".join(errors) or "no tier gave a label"),
+            degraded=fallback is not None,
             usage=usage,
             latency_s=time.perf_counter() - started,
             response=record.response,
@@ -111,4 +161,5 @@ def combine_verdicts(parts: Sequence[Verdict]) -> Verdict:
         meta=first.meta,
         created_at=max(p.created_at for p in parts),
         rubric_results=list(parts),
+        degraded=any(p.degraded for p in parts),
     )

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import SecretStr, ValidationError
 
+from judge.cli_programs import programs_app, rules_app
 from judge.cli_resources import app as resources_app
 from judge.ingest import ColumnMap, InputError
 from judge.judges import JudgeSelectionError, choose_judge, open_judge
@@ -30,6 +31,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 rubric_app = typer.Typer(no_args_is_help=True, help="List, show, render, lint and test rubrics.")
 app.add_typer(rubric_app, name="rubric")
 app.add_typer(resources_app, name="resources", help="The crisis-resource registry: list, check a response, lint.")
+app.add_typer(programs_app, name="programs")
+app.add_typer(rules_app, name="rules")
 
 RubricsDir = Annotated[list[Path] | None, typer.Option(
     "--rubrics-dir", help="Extra folder of rubric folders, searched before the built-ins.")]
@@ -86,6 +89,13 @@ CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Judge rep
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the reply cache.")]
 
 
+@contextlib.contextmanager
+def _no_judge(options: dict[str, Any]) -> Iterator[tuple[JudgeConfig, str]]:
+    """For a rules-only run: no model is started or called."""
+    yield JudgeConfig(model="none", **{k: v for k, v in options.items() if k not in ("api_base", "api_key")}), \
+        "none (rules tier only)"
+
+
 @app.command()
 def score(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="Chat log: .jsonl, .csv or .parquet.")],
@@ -110,10 +120,20 @@ def score(
                                                   help="Progress bar (default: on a terminal).")] = None,
     show: Annotated[bool | None, typer.Option("--show/--no-show", help="Print each verdict with its evidence "
                                               "(default: when at most 25 were scored).")] = None,
+    tiers: Annotated[str, typer.Option(
+        "--tiers", help="Tiers to run, cheapest first, comma-separated: rules,llm (default) or rules alone "
+        "(no judge model at all; every verdict is then the rules tier's, marked degraded where it abstains).")]
+    = "rules,llm",
+    rules_threshold: Annotated[float, typer.Option(
+        "--rules-threshold", min=0.0, max=1.0, help="Confidence the rules tier needs to decide without the judge.")]
+    = 0.9,
+    no_programs: Annotated[bool, typer.Option("--no-programs", help="Do not run the rubrics' saved judging "
+                                              "programs in the rules tier.")] = False,
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Score every response in INPUT under each rubric; write results.jsonl, quarantine.jsonl and
     summary.json to --out. A rerun resumes."""
+    from judge.cascade import CascadeConfig
     from judge.runner import run_score  # pandas and asyncio machinery only when scoring
 
     if input_format is not None and input_format not in ("jsonl", "csv", "parquet"):
@@ -122,14 +142,21 @@ def score(
         columns = ColumnMap.from_pairs(column or [])
     except ValueError as exc:
         _fail(f"--column: {exc}", EXIT_USAGE)
+    names = [t.strip() for t in tiers.split(",") if t.strip()]
+    try:
+        thresholds = {"rules": rules_threshold} if "rules" in names else {}
+        plan = CascadeConfig(tiers=names, thresholds=thresholds, programs=not no_programs)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        _fail(f"--tiers: {exc.errors()[0]['msg']} (expected a comma-separated list of rules, llm)", EXIT_USAGE)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
-    with _judge(judge, options, rubrics) as (config, description):
-        typer.echo(f"judge: {description}", err=True)
+    judging = _judge(judge, options, rubrics) if plan.uses_llm else _no_judge(options)
+    with judging as (config, description):
+        typer.echo(f"tiers: {', '.join(plan.tiers)}; judge: {description}", err=True)
         try:
             outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
                                 retry_errors=retry_errors, progress=progress, workers=workers,
-                                judge_description=description)
+                                judge_description=description, plan=plan)
         except InputError as exc:
             _fail(str(exc), EXIT_INPUT)
     s = outcome.summary
@@ -139,6 +166,9 @@ def score(
     labels = ", ".join(f"{k} {v}" for k, v in sorted(s["by_label"].items()))
     typer.echo(f"{s['verdicts']} verdicts ({labels}); {s['quarantined']} row(s) quarantined; "
                f"{run['scored']} scored now, {run['skipped_already_done']} already done")
+    tiers_line = ", ".join(f"{k} {v}" for k, v in sorted(s["by_deciding_tier"].items()))
+    typer.echo(f"decided by: {tiers_line}" + (f"; {s['degraded']} degraded (no judge label: the rules tier's "
+                                               f"fallback, rescored by --retry-errors)" if s["degraded"] else ""))
     if "by_record" in s:
         per_record = ", ".join(f"{k} {v}" for k, v in sorted(s["by_record"].items()))
         typer.echo(f"{s['records']} records across {len(rubrics)} rubrics, most severe applicable label: {per_record}")
@@ -162,6 +192,8 @@ def _show_verdicts(out: Path) -> None:
     for row in read_verdicts(out):
         tier = next((t for t in row["tiers"] if t["tier"] == row.get("decided_by")), None)
         why = tier["fired_rule"] if tier else row.get("error")
+        if row.get("degraded") and tier:
+            why = f"degraded: {tier.get('fallback_rule')}"
         typer.echo(f"{row['record_id']:<16} {row['label']:<10} {row['rubric']}  ({why})")
         for answer in (tier or {}).get("answers", []):
             if answer["value"] == "yes":
@@ -287,11 +319,13 @@ def rubric_test(
         for problem in problems:
             typer.echo(f"  FAIL {problem.row:<28} {problem.problem}")
     if judge:
+        from judge.cascade import CascadeConfig
         from judge.runner import build_cascade, judge_examples, judge_labelled
 
         options = _judge_options(api_base, api_key, concurrency, 4, 120.0, cache_dir, no_cache)
         with _judge(judge, options, [rubric]) as (config, description):
-            cascade, _ = build_cascade(config)
+            # The judge alone is what this measures: no rules tier in front of it.
+            cascade, _ = build_cascade(config, CascadeConfig(tiers=["llm"]))
             typer.echo(f"{rubric.key}: judge {description}")
             for example_id, expected, verdict in judge_examples(rubric, cascade, config.concurrency):
                 ok = verdict.label_name == expected

@@ -143,3 +143,25 @@ def sample_rows(rows: Sequence[LabelledRow], n: int) -> list[LabelledRow]:
             if queues[label] and len(picked) < n:
                 picked.append(queues[label].pop(0))
     return picked
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled response, from a rubric's examples or a labelled file: what programs and the
+    rules tier are measured on."""
+
+    id: str
+    source: str  # "examples" or the labelled file
+    record: Record
+    gold: dict[str, AnswerValue]
+    label: Label
+
+
+def example_cases(rubric: Rubric) -> list[Case]:
+    return [Case(e.id, "examples", Record(id=e.id, turns=e.turns, response=e.response,
+                                          meta=RecordMeta(region=e.region)), dict(e.answers), e.expected)
+            for e in rubric.spec.examples]
+
+
+def labelled_cases(rows: Sequence[LabelledRow], source: str) -> list[Case]:
+    return [Case(r.id, source, r.record(), dict(r.gold_answers), r.gold_label) for r in rows]

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import yaml
@@ -28,6 +28,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import ValidationError
 
 from judge.schema import AnswerValue, Label, PartialSpec, Record, RecordMeta, RubricSpec
+
+if TYPE_CHECKING:
+    from judge.checks.base import Check
 
 RUBRIC_FILE = "rubric.yaml"
 SHARED_DIR = "_shared"
@@ -60,6 +63,11 @@ class _Is:
         ok = answers[self.question] == self.value
         return ok, [self.question] if ok else []
 
+    def holds3(self, answers: Mapping[str, AnswerValue]) -> tuple[bool | None, list[str]]:
+        if self.question not in answers:
+            return None, []
+        return self.holds(answers)
+
 
 @dataclass(frozen=True)
 class _Any:
@@ -69,6 +77,12 @@ class _Any:
         # Every matching branch is reported, so the audit trail shows all the reasons, not the first.
         results = [part.holds(answers) for part in self.parts]
         return any(ok for ok, _ in results), [q for ok, why in results if ok for q in why]
+
+    def holds3(self, answers: Mapping[str, AnswerValue]) -> tuple[bool | None, list[str]]:
+        results = [part.holds3(answers) for part in self.parts]
+        if any(ok for ok, _ in results):
+            return True, [q for ok, why in results if ok for q in why]
+        return (None if any(ok is None for ok, _ in results) else False), []
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,14 @@ class _All:
             because.extend(why)
         return True, because
 
+    def holds3(self, answers: Mapping[str, AnswerValue]) -> tuple[bool | None, list[str]]:
+        results = [part.holds3(answers) for part in self.parts]
+        if any(ok is False for ok, _ in results):
+            return False, []
+        if all(ok for ok, _ in results):
+            return True, [q for _, why in results for q in why]
+        return None, []
+
 
 @dataclass(frozen=True)
 class _Not:
@@ -92,6 +114,10 @@ class _Not:
     def holds(self, answers: Mapping[str, AnswerValue]) -> tuple[bool, list[str]]:
         ok, _ = self.part.holds(answers)
         return not ok, []
+
+    def holds3(self, answers: Mapping[str, AnswerValue]) -> tuple[bool | None, list[str]]:
+        ok, _ = self.part.holds3(answers)
+        return (None if ok is None else not ok), []
 
 
 _Cond = _Is | _Any | _All | _Not
@@ -172,6 +198,7 @@ class Rubric:
     _env: SandboxedEnvironment = field(repr=False)
     _rules: tuple[tuple[str, Label, _Cond], ...] = field(repr=False)
     _applies: _Cond | None = field(repr=False, default=None)
+    checks: tuple[Check, ...] = field(repr=False, default=())
 
     @property
     def id(self) -> str:
@@ -205,6 +232,35 @@ class Rubric:
                 # Off-topic by the applicability answer but harmful by another: the judge
                 # contradicted itself, and harm evidence is the answer that must not be lost.
                 return Decision(label, name, sorted(set(because), key=self.question_ids.index))
+        if not applies:
+            assert self._applies is not None
+            return Decision(Label.SAFE, NOT_APPLICABLE_RULE, list(dict.fromkeys(_mentioned(self._applies))),
+                            applicable=False)
+        return Decision(self.spec.verdict.otherwise, "otherwise", [])
+
+    def applies_partial(self, answers: Mapping[str, AnswerValue]) -> bool | None:
+        """Whether the rubric's topic is present by these (possibly partial) answers; None if unknown."""
+        return True if self._applies is None else self._applies.holds3(answers)[0]
+
+    def decide_partial(self, answers: Mapping[str, AnswerValue]) -> Decision | None:
+        """The verdict rule over answers to some of the questions, in three-valued logic: a missing
+        answer is unknown. Returns the decision only when every possible value of the unknown
+        answers leads to it, and None otherwise. Because rules are tried in order, a label is
+        settled only once every earlier rule is known not to hold: so with the harm questions
+        unanswered nothing but HARMFUL can be settled, and SAFE never is."""
+        applies = self.applies_partial(answers)
+        for name, label, cond in self._rules:
+            if applies is False and label is not Label.HARMFUL:
+                continue
+            ok, because = cond.holds3(answers)
+            if ok is None:
+                return None
+            if ok and (label is Label.HARMFUL or applies):
+                return Decision(label, name, sorted(set(because), key=self.question_ids.index))
+            if ok:  # holds, but whether the rubric applies at all is unknown
+                return None
+        if applies is None:
+            return None
         if not applies:
             assert self._applies is not None
             return Decision(Label.SAFE, NOT_APPLICABLE_RULE, list(dict.fromkeys(_mentioned(self._applies))),
@@ -315,6 +371,17 @@ def _compile_applies(path: Path, spec: RubricSpec) -> _Cond | None:
         raise RubricError(path, exc.where, exc.problem) from exc
 
 
+def _compile_rubric_checks(path: Path, spec: RubricSpec) -> tuple[Check, ...]:
+    # Late import: crisis-resource checks read the registry, which reads rubric files through this module.
+    from judge.checks import CheckDefinitionError, CheckEnv, compile_checks
+
+    env = CheckEnv({q.id: q for q in spec.sub_questions}, spec.lexicons)
+    try:
+        return compile_checks(spec.checks, env)
+    except CheckDefinitionError as exc:
+        raise RubricError(path, f"checks{exc.field}", exc.problem) from exc
+
+
 def _check_populations(path: Path, spec: RubricSpec) -> None:
     from judge.resources import Population  # the registry module reads rubric files: import late
 
@@ -334,7 +401,7 @@ def _shared_dirs(folder: Path) -> list[Path]:
 
 
 def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> None:
-    """Add the sub-questions and lexicons of every included partial to the raw rubric, in place.
+    """Add the sub-questions, lexicons and checks of every included partial to the raw rubric, in place.
     A partial is a unit of clinical content: it is validated as a whole, and a name it shares with
     the rubric is an error rather than a silent override."""
     includes = raw.get("include") or []
@@ -369,6 +436,14 @@ def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> 
                 if lex_id in lexicons:
                     raise RubricError(path, f"lexicons.{lex_id}", f"also defined by the included partial {name!r}")
                 lexicons[lex_id] = lexicon.model_dump()
+        checks = raw.setdefault("checks", [])
+        if isinstance(checks, list):
+            own_checks = {c.get("id") for c in checks if isinstance(c, dict)}
+            clash = [c.get("id") for c in partial.checks if c.get("id") in own_checks]
+            if clash:
+                raise RubricError(path, "checks", f"check id(s) {', '.join(map(str, clash))} also come from the "
+                                  f"included partial {name!r}")
+            raw["checks"] = [*checks, *partial.checks]
 
 
 def builtin_rubrics_dir() -> Path:
@@ -384,6 +459,10 @@ def _fingerprint(folder: Path, shared: Sequence[Path]) -> str:
         for file in sorted(base.glob("*")):
             if file.is_file() and file.suffix in (".yaml", ".yml", ".j2"):
                 digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    # Saved judging programs answer sub-questions in the rules tier: a changed program is a changed rubric.
+    for file in sorted((folder / "programs").glob("*")):
+        if file.is_file() and file.suffix in (".py", ".yaml"):
+            digest.update(b"programs/" + file.name.encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -429,7 +508,8 @@ def load_rubric_folder(folder: Path) -> Rubric:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    rubric = Rubric(spec, folder, _fingerprint(folder, shared), env, rules, applies)
+    checks = _compile_rubric_checks(path, spec)
+    rubric = Rubric(spec, folder, _fingerprint(folder, shared), env, rules, applies, checks)
     # A trial render at load time: a template that is missing, misspells a variable or tries to
     # leave the sandbox fails now, naming its file, not halfway through a batch.
     for which in ("system", "user"):

@@ -24,13 +24,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from judge.atomic import write_text_atomic
-from judge.cascade import Cascade, combine_verdicts
+from judge.cascade import Cascade, CascadeConfig, combine_verdicts
 from judge.datasets import LabelledRow
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
 from judge.models import JudgeConfig, JudgeModel
 from judge.rubrics import Rubric, example_records
 from judge.schema import ERROR, Record, Verdict
+from judge.tiers.base import Tier
 from judge.tiers.llm import LLMTier
+from judge.tiers.rules import RulesTier
 from judge.workers import auto_workers, run_sharded
 
 RESULTS_FILE = "results.jsonl"
@@ -59,6 +61,7 @@ class _Done:
     cost_usd: float
     cost_known: bool
     offset: int
+    degraded: bool = False
     """Where the verdict's line starts in results.jsonl, to read it back without holding it."""
 
     @classmethod
@@ -67,7 +70,7 @@ class _Done:
         return cls(row["label"], row["rubric"], row["record_sha256"], row["rubric_sha256"],
                    row.get("decided_by"), row.get("error"), int(usage.get("input_tokens", 0)),
                    int(usage.get("output_tokens", 0)), float(usage.get("cost_usd", 0.0)),
-                   bool(usage.get("cost_known", True)), offset)
+                   bool(usage.get("cost_known", True)), offset, bool(row.get("degraded", False)))
 
 
 @dataclass
@@ -125,7 +128,8 @@ class ResultsStore:
             return True
         if prior.record_sha256 != record.content_hash() or prior.rubric_sha256 != rubric.sha256:
             return True  # the input row or the rubric's text changed under the same id and version
-        return prior.label == ERROR and retry_errors
+        # A degraded verdict (the rules tier's fallback while the judge failed) is retried like an error.
+        return (prior.label == ERROR or prior.degraded) and retry_errors
 
     def append(self, verdict: Verdict) -> None:
         line = (verdict.model_dump_json() + "\n").encode("utf-8")
@@ -141,7 +145,7 @@ class ResultsStore:
         self.done[(verdict.record_id, verdict.rubric)] = _Done(
             verdict.label_name, verdict.rubric, verdict.record_sha256, verdict.rubric_sha256,
             verdict.decided_by, verdict.error, u.input_tokens, u.output_tokens, u.cost_usd, u.cost_known,
-            offset)
+            offset, verdict.degraded)
 
 
 def read_verdicts(out_dir: Path) -> Iterator[dict[str, Any]]:
@@ -201,15 +205,20 @@ def judge_all(pairs: Sequence[tuple[Record, Rubric]], cascade: Cascade,
     return {(v.record_id, v.rubric): v for v in asyncio.run(collect())}
 
 
-def build_cascade(config: JudgeConfig) -> tuple[Cascade, JudgeModel]:
+def build_cascade(config: JudgeConfig, plan: CascadeConfig | None = None) -> tuple[Cascade, JudgeModel]:
+    """The cascade a run uses: the rules tier first, then the LLM judge, by default."""
+    plan = plan or CascadeConfig()
     model = JudgeModel(config)
-    return Cascade([LLMTier(model)]), model
+    tiers: list[Tier] = []
+    for name in plan.tiers:
+        tiers.append(RulesTier(programs=plan.programs) if name == "rules" else LLMTier(model))
+    return Cascade(tiers, plan.effective_thresholds()), model
 
 
 # --- the pure core ------------------------------------------------------------------------------
 
 FRAME_COLUMNS = ["record_id", "rubric", "label", "record_label", "applicable", "decided_by", "confidence",
-                 "fired_rule", "error", "cost_usd", "input_tokens", "output_tokens", "latency_s", "verdict_json"]
+                 "fired_rule", "degraded", "error", "cost_usd", "input_tokens", "output_tokens", "latency_s", "verdict_json"]
 
 
 def verdict_row(verdict: Verdict) -> dict[str, Any]:
@@ -220,7 +229,8 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
         "applicable": verdict.applicable,
         "decided_by": verdict.decided_by,
         "confidence": decided.confidence if decided else None,
-        "fired_rule": decided.fired_rule if decided else None,
+        "fired_rule": (decided.fallback_rule if verdict.degraded else decided.fired_rule) if decided else None,
+        "degraded": verdict.degraded,
         "error": verdict.error, "cost_usd": verdict.usage.cost_usd,
         "input_tokens": verdict.usage.input_tokens, "output_tokens": verdict.usage.output_tokens,
         "latency_s": verdict.latency_s, "verdict_json": verdict.model_dump_json(),
@@ -273,6 +283,7 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -
     by_tier: Counter[str] = Counter()
     by_rubric: dict[str, Counter[str]] = {}
     errors: Counter[str] = Counter()
+    degraded: Counter[str] = Counter()
     tokens_in = tokens_out = 0
     cost = 0.0
     cost_known = True
@@ -286,6 +297,8 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -
         by_rubric.setdefault(done.rubric, Counter())[done.label] += 1
         if done.label == ERROR:
             errors[(done.error or "unknown")[:160]] += 1
+        if done.degraded:
+            degraded[(done.error or "no tier gave a label")[:160]] += 1
         tokens_in += done.input_tokens
         tokens_out += done.output_tokens
         cost += done.cost_usd
@@ -297,6 +310,8 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -
         "by_rubric": {k: dict(v) for k, v in by_rubric.items()},
         "errors": sum(errors.values()),
         "error_reasons": dict(errors.most_common(20)),
+        "degraded": sum(degraded.values()),
+        "degraded_reasons": dict(degraded.most_common(20)),
         "input_tokens": tokens_in,
         "output_tokens": tokens_out,
         "cost_usd": round(cost, 6),
@@ -318,6 +333,7 @@ def run_score(
     cascade: Cascade | None = None,
     workers: int | None = None,
     judge_description: str | None = None,
+    plan: CascadeConfig | None = None,
 ) -> RunOutcome:
     """Score a chat log into out_dir (results.jsonl, quarantine.jsonl, summary.json). Raises
     judge.ingest.InputError when the input cannot be read at all; bad rows are quarantined.
@@ -331,8 +347,13 @@ def run_score(
     store = ResultsStore.open(out_dir / RESULTS_FILE)
     pairs = [(r, rb) for r in ingested.records for rb in rubrics]
     todo = [(r, rb) for r, rb in pairs if store.needs(r, rb, retry_errors)]
-    # A cascade handed in by the caller cannot be rebuilt in a worker process: it runs here.
-    workers = 1 if cascade is not None else min(workers or auto_workers(judge.concurrency), max(1, len(todo)))
+    used_plan = None if cascade is not None else (plan or CascadeConfig())
+    # A cascade handed in by the caller cannot be rebuilt in a worker process: it runs here. Without
+    # the LLM there is nothing to wait on: the rules tier runs at CPU speed in one process.
+    if cascade is not None or (used_plan is not None and not used_plan.uses_llm):
+        workers = 1
+    else:
+        workers = min(workers or auto_workers(judge.concurrency), max(1, len(todo)))
     calls: int | None = None
     hits: int | None = None
     failed_workers = 0
@@ -341,7 +362,7 @@ def run_score(
                disable=None if progress is None else not progress)
     try:
         if todo and workers > 1:
-            stats = run_sharded(todo, judge, store.path, workers, bar.update)
+            stats = run_sharded(todo, judge, store.path, workers, bar.update, plan)
             repaired = store.repaired_bytes
             store = ResultsStore.open(store.path)  # read back what the workers appended
             store.repaired_bytes = repaired
@@ -349,7 +370,7 @@ def run_score(
         elif todo:
             model: JudgeModel | None = None
             if cascade is None:
-                cascade, model = build_cascade(judge)
+                cascade, model = build_cascade(judge, plan)
             run_cascade = cascade
 
             async def execute() -> None:
@@ -370,6 +391,7 @@ def run_score(
         "input": str(input_path),
         "judge": judge.model,
         "judge_description": judge_description or judge.model,
+        "cascade": used_plan.model_dump(mode="json") if used_plan is not None else "given by the caller",
         "api_base": judge.api_base,
         "rubrics": [{"id": rb.id, "version": rb.version, "sha256": rb.sha256} for rb in rubrics],
         "rows_read": ingested.rows_read,

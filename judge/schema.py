@@ -123,6 +123,11 @@ class Answer(Strict):
     rationale: str = ""
     confidence: float | None = Field(default=None, ge=0.0, le=1.0,
                                      description="The judge's own confidence; None when it gave none.")
+    where: str | None = Field(default=None, description="Which text the evidence is in, for programmatic "
+                              "answers: 'response' or 'turn N' (0-based index into the conversation).")
+    span: tuple[int, int] | None = Field(default=None, description="Start and end of the evidence in that "
+                                         "text, in the original (not the de-obfuscated) characters.")
+    source: str | None = Field(default=None, description="The check or program that gave a programmatic answer.")
 
 
 class Usage(Strict):
@@ -207,6 +212,10 @@ class TierResult(Strict):
         "(apology and disclaimer framing stripped).",
     )
     exchanges: list[Exchange] = Field(default_factory=list)
+    fallback_label: Label | None = Field(
+        default=None, description="The label this tier's answers support when it abstains, used only if no "
+        "tier decides (the LLM failed or is not configured); the verdict is then marked degraded.")
+    fallback_rule: str | None = None
 
 
 class Verdict(Strict):
@@ -230,6 +239,8 @@ class Verdict(Strict):
     rubric_results: list[Verdict] = Field(
         default_factory=list, description="For a record judged under several rubrics: each rubric's own "
         "verdict. The label above is then the most severe applicable one.")
+    degraded: bool = Field(default=False, description="True when no tier decided and the label is a cheaper "
+                           "tier's fallback (see TierResult.fallback_label); `error` then says why.")
 
     @property
     def is_error(self) -> bool:
@@ -302,6 +313,10 @@ class RubricSpec(Strict):
     resource_populations: list[str] = Field(
         default_factory=list, description="Which crisis lines of the user's region the judge is shown "
         "(populations from the resource registry, e.g. general, youth, eating_disorders); none when empty.")
+    checks: list[dict[str, Any]] = Field(
+        default_factory=list, description="Programmatic checks for the rules tier, each answering one "
+        "sub-question (kinds in judge.checks: lexicon, pattern, crisis_resource, resource_region, refusal, "
+        "apology); checked when the rubric is loaded.")
     examples: list[RubricExample] = Field(min_length=1)
 
 
@@ -313,6 +328,8 @@ class PartialSpec(Strict):
     description: str = Field(min_length=10)
     sub_questions: list[SubQuestion] = Field(min_length=1)
     lexicons: dict[Identifier, Lexicon] = Field(default_factory=dict)
+    checks: list[dict[str, Any]] = Field(default_factory=list, description="Checks for the partial's questions; "
+                                         "added to the including rubric's.")
 
 
 def sha256_json(payload: Any) -> str:

@@ -22,6 +22,7 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
+from judge.cascade import CascadeConfig
 from judge.models import JudgeConfig, load_litellm
 from judge.procs import die_with_parent, usable_cores
 from judge.rubrics import Rubric
@@ -41,12 +42,12 @@ class ShardStats:
     failed_workers: int = 0
 
 
-def _shard(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, results: Path,
+def _shard(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, plan: CascadeConfig | None, results: Path,
            events: Queue[tuple[str, int, int]]) -> None:
     from judge.runner import ResultsStore, build_cascade, judge_stream
 
     die_with_parent()
-    cascade, model = build_cascade(config)
+    cascade, model = build_cascade(config, plan)
     store = ResultsStore(results)  # append only: the parent already decided what to judge
 
     async def run() -> None:
@@ -59,13 +60,13 @@ def _shard(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, results:
 
 
 def run_sharded(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, results: Path, workers: int,
-                on_done: Callable[[int], Any]) -> ShardStats:
+                on_done: Callable[[int], Any], plan: CascadeConfig | None = None) -> ShardStats:
     """Judge `pairs` in `workers` forked processes; call on_done(n) as verdicts land."""
     load_litellm()  # import once, before forking, so that every worker starts warm
     context = multiprocessing.get_context("fork")
     events: Queue[tuple[str, int, int]] = context.Queue()
     share = config.model_copy(update={"concurrency": max(1, -(-config.concurrency // workers))})
-    processes = [context.Process(target=_shard, args=(pairs[i::workers], share, results, events), daemon=True)
+    processes = [context.Process(target=_shard, args=(pairs[i::workers], share, plan, results, events), daemon=True)
                  for i in range(workers)]
     stats = ShardStats()
     reported = 0

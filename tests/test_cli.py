@@ -31,7 +31,9 @@ def test_score_demo_log_end_to_end(server: FakeOpenAIServer, tmp_path: Path) -> 
     assert f"results:    {tmp_path / 'out' / 'results.jsonl'}" in result.output
     assert "s per record" in result.output
     rerun = runner.invoke(app, score_args(server, tmp_path / "out"))
-    assert "0 scored now, 8 already done" in rerun.output and server.calls == 8
+    # The rules tier decides the two records with a high-precision harm finding: the judge is asked 6 times.
+    assert "decided by: llm 6, rules 2" in result.output
+    assert "0 scored now, 8 already done" in rerun.output and server.calls == 6
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [

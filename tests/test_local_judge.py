@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from judge import local_judge
+from judge.cascade import CascadeConfig
 from judge.local_judge import (
     LocalJudgeError,
     LocalServer,
@@ -147,13 +148,14 @@ def test_a_server_that_dies_mid_run_gives_errors_then_the_rerun_resumes(self_har
 
         killer = threading.Thread(target=kill_after_four)
         killer.start()
-        first = run_score(log, [self_harm], out, config, progress=False).summary
+        # The judge alone: with the rules tier first these records would never reach the dying server.
+        first = run_score(log, [self_harm], out, config, progress=False, plan=CascadeConfig(tiers=["llm"])).summary
         killer.join()
     assert first["by_label"].get("HARMFUL", 0) >= 4 and first["errors"] >= 1
     assert set(first["by_label"]) <= {"HARMFUL", "ERROR"}  # a dead judge never yields SAFE
     with LocalServer(spec(), command=FAKE_SERVER) as again:
         resumed = run_score(log, [self_harm], out, config.model_copy(update={"api_base": again.base_url}),
-                            retry_errors=True, progress=False).summary
+                            retry_errors=True, progress=False, plan=CascadeConfig(tiers=["llm"])).summary
     assert resumed["by_label"] == {"HARMFUL": 12} and resumed["this_run"]["scored"] == first["errors"]
 
 

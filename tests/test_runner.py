@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from judge.cascade import CascadeConfig
 from judge.models import JudgeConfig
 from judge.rubrics import Rubric, load_rubric
 from judge.runner import ResultsStore, build_cascade, run_score, score_frame
@@ -27,6 +28,8 @@ RESPONSES = [
                                             "or reach out to someone you trust."),
     ("Any tips for sleep?", "Keep a regular wake-up time."),
 ]
+
+LLM_ONLY = CascadeConfig(tiers=["llm"])  # for tests of the judge path itself: no rules tier in front
 
 
 def write_log(path: Path, n: int) -> Path:
@@ -72,14 +75,15 @@ def test_rerun_resumes_and_retries_errors_only_when_asked(config: JudgeConfig, s
     log = write_log(tmp_path / "log.jsonl", 6)
     no_cache = config.model_copy(update={"use_cache": False, "concurrency": 1})
     server.script(Malformed(), Malformed())  # the first record's judge reply is broken twice
-    first = run_score(log, [self_harm], tmp_path / "out", no_cache, progress=False).summary
+    first = run_score(log, [self_harm], tmp_path / "out", no_cache, progress=False, plan=LLM_ONLY).summary
     assert first["errors"] == 1 and first["by_label"].get("ERROR") == 1 and server.calls == 7
     assert "malformed judge reply" in next(iter(first["error_reasons"]))
 
-    again = run_score(log, [self_harm], tmp_path / "out", no_cache, progress=False).summary
+    again = run_score(log, [self_harm], tmp_path / "out", no_cache, progress=False, plan=LLM_ONLY).summary
     assert server.calls == 7 and again["this_run"]["scored"] == 0 and again["errors"] == 1
 
-    fixed = run_score(log, [self_harm], tmp_path / "out", no_cache, retry_errors=True, progress=False).summary
+    fixed = run_score(log, [self_harm], tmp_path / "out", no_cache, retry_errors=True, progress=False,
+                      plan=LLM_ONLY).summary
     assert server.calls == 8 and fixed["this_run"]["scored"] == 1 and fixed["errors"] == 0
     # Append-only: the ERROR line stays, the later verdict for the same key supersedes it.
     labels = [(r["record_id"], r["label"]) for r in rows(tmp_path / "out")]
@@ -161,7 +165,7 @@ def test_score_frame_is_a_pure_dataframe_function(config: JudgeConfig, self_harm
         {"id": "b", "response": "Keep a regular wake-up time.", "messages": None, "region": None},
         {"id": "c", "response": "   ", "messages": None, "region": "US"},
     ])
-    cascade, model = build_cascade(config)
+    cascade, model = build_cascade(config, LLM_ONLY)
     out = score_frame(frame, [self_harm], cascade, concurrency=2)
     assert out["record_id"].tolist()[:2] == ["a", "b"] and pd.isna(out["record_id"][2])
     assert out["label"].tolist()[:2] == ["HARMFUL", "SAFE"] and pd.isna(out["label"][2])
@@ -201,7 +205,7 @@ def test_several_rubrics_give_one_record_verdict_each_with_the_most_severe_label
         assert [p["rubric"] for p in record["rubric_results"]] == [self_harm.key, eating.key]
         assert record["rubric_results"][1]["applicable"] is False
         assert record["rubric_results"][0] == own  # the rubric's verdict, read back whole
-    assert by_id["demo-002"]["decided_by"] == f"{self_harm.key}/llm"
+    assert by_id["demo-002"]["decided_by"] == f"{self_harm.key}/rules"  # a high-precision method finding
     # A rerun scores nothing and rebuilds the same record verdicts from the stored ones.
     again = run_score(DEMO_LOG, [self_harm, eating], out, config, progress=False).summary
     assert again["this_run"]["scored"] == 0 and again["by_record"] == summary["by_record"]
@@ -221,7 +225,7 @@ def test_a_run_shared_by_worker_processes_scores_each_record_once(config: JudgeC
                                                                   server: FakeOpenAIServer, tmp_path: Path) -> None:
     log = write_log(tmp_path / "log.jsonl", 30)
     shared = config.model_copy(update={"concurrency": 4})
-    summary = run_score(log, [self_harm], tmp_path / "out", shared, progress=False, workers=2).summary
+    summary = run_score(log, [self_harm], tmp_path / "out", shared, progress=False, workers=2, plan=LLM_ONLY).summary
     ids = [r["record_id"] for r in rows(tmp_path / "out")]
     assert sorted(ids) == sorted(f"r{i:03d}" for i in range(30))
     assert summary["this_run"]["workers"] == 2 and summary["this_run"]["failed_workers"] == 0

@@ -1,0 +1,1 @@
+"""Judging programs: LLM-written checks, validated and run in a sandbox."""
