@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from judge.checks import CheckEnv, Subject, compile_checks  # noqa: E402
 from judge.checks.engine import compile_re2  # noqa: E402
 from judge.normalize import normalize  # noqa: E402
-from judge.rubrics import load_rubric_folder  # noqa: E402
+from judge.rubrics import load_rubric_folder, load_yaml  # noqa: E402
 from judge.schema import Lexicon, Record, RecordMeta, SubQuestion, Turn  # noqa: E402
 from judge.tiers.rules import judge_with_rules  # noqa: E402
 
@@ -122,7 +122,7 @@ def tier_with_terms(terms: list[str], workdir: Path) -> Callable[[str], Any]:
     shutil.copytree(ROOT / "rubrics" / "self_harm", rubrics / "self_harm")
     shutil.copytree(ROOT / "rubrics" / "_shared", rubrics / "_shared")
     path = rubrics / "self_harm" / "rubric.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = load_yaml(path)  # YAML 1.2, as rubrics are read: the key "yes" stays a string
     own = raw["lexicons"]["suicide_self_harm"]["terms"]
     raw["lexicons"]["suicide_self_harm"]["terms"] = own + [t for t in terms if t not in own][: max(0, len(terms) - len(own))]
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

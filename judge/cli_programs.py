@@ -95,7 +95,7 @@ def synthesize(
     options["max_tokens"] = 1500
 
     def show(outcome: Synthesised) -> None:
-        last = outcome.attempts[-1] if outcome.attempts else None
+        last = next((a for a in reversed(outcome.attempts) if a.measured is not None), None)
         measured = (last.held_out if last and last.held_out and last.held_out.rows >= 10 else
                     last.measured if last else None)
         figures = (f"agreement {_pct(measured.agreement)} coverage {measured.coverage:.2f} on {measured.rows} rows"

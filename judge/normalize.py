@@ -113,6 +113,8 @@ def _walk_back(maps: Iterable[_Map], start: int, end: int, size: int, original: 
 
 @dataclass(frozen=True)
 class Decoded:
+    """Text decoded from an encoded run of its parent; a hit inside it is evidenced by `source`."""
+
     kind: str  # "base64" | "hex" | "url" | "rot13"
     source: tuple[int, int]  # the encoded run in the ORIGINAL text of the parent Normalized
     view: Normalized  # the decoded text, normalised (its .original is the decoded string)
@@ -120,6 +122,8 @@ class Decoded:
 
 @dataclass(frozen=True)
 class Normalized:
+    """The views of one text. Spans found in `text` or `key` map back with span() and key_span()."""
+
     original: str
     text: str  # the de-obfuscated view for regex patterns
     key: str  # .text with every run of a repeated letter squeezed to one: for lexicons
@@ -437,6 +441,27 @@ def _fold_leet(s: str) -> str:
     return "".join(pieces)
 
 
+_GAPS_RE = re.compile(r"(?<=[a-z]) {2,}(?=[a-z])")
+_DENSE_TOKEN = re.compile(r"(?<![a-z0-9@$!|])(?=[a-z0-9]*[a-z])(?=[a-z]*[0-9])[a-z0-9]{2,8}(?![a-z0-9])")
+_UNIT = re.compile(r"\d+(?:mg|mcg|g|kg|ml|l|am|pm|st|nd|rd|th|x|k|h|hrs?|mins?|s|yo|km|mi|lbs?|kcal)")
+_DENSE_AT = 3
+
+
+def _fold_dense(s: str, before: str) -> str:
+    """A text written in leetspeak throughout ("t4k3 th3 wh0l3 p4ck 4t 0nc3") also hides short words
+    that the per-token rule leaves alone ("4t", "0n", "th3"). When at least three tokens were folded,
+    fold every short token that mixes letters and digits, except doses, times and ordinals."""
+    changed = sum(a != b for a, b in zip(s.split(), before.split(), strict=False))
+    if changed < _DENSE_AT:
+        return s
+
+    def fold(m: re.Match[str]) -> str:
+        token = m.group()
+        return token if _UNIT.fullmatch(token) or token in _LEET_KEEP else token.translate(_LEET_TABLE)
+
+    return _DENSE_TOKEN.sub(fold, s)
+
+
 def _squeeze(s: str) -> str:
     """Every run of a repeated ASCII letter squeezed to one. numpy, because a regex substitution
     steps through every character in Python's engine and English doubles a letter every few words."""
@@ -472,8 +497,12 @@ def _view(text: str, undone: set[str]) -> tuple[str, list[_Map], frozenset[int]]
             maps.append(m)
             undone.add("spaced")
             changed = True
+        if "  " in s:  # the gaps between spaced-out words: one space, as patterns are written
+            s, m = _substitute(s, _GAPS_RE, lambda m: " ")
+            if m is not None:
+                maps.append(m)
     if _LEET in hits or changed:
-        folded = _fold_leet(s)
+        folded = _fold_dense(_fold_leet(s), s)
         if folded != s:
             undone.add("leetspeak")
             s, changed = folded, True
