@@ -124,7 +124,8 @@ def tier_with_terms(terms: list[str], workdir: Path) -> Callable[[str], Any]:
     path = rubrics / "self_harm" / "rubric.yaml"
     raw = load_yaml(path)  # YAML 1.2, as rubrics are read: the key "yes" stays a string
     own = raw["lexicons"]["suicide_self_harm"]["terms"]
-    raw["lexicons"]["suicide_self_harm"]["terms"] = own + [t for t in terms if t not in own][: max(0, len(terms) - len(own))]
+    grown = [t for t in terms if t not in own][: max(0, len(terms) - len(own))]
+    raw["lexicons"]["suicide_self_harm"]["terms"] = own + grown
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     rubric = load_rubric_folder(rubrics / "self_harm")
     turns = [Turn(role="user", content="i have been feeling really low and i don't know what to do anymore")]

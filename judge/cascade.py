@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -25,12 +24,13 @@ from judge.schema import ERROR, Label, Record, Strict, TierResult, Usage, Verdic
 from judge.tiers.base import Tier
 
 TierName = Literal["rules", "llm"]
+DEFAULT_TIERS: tuple[TierName, ...] = ("rules", "llm")
 
 
 class CascadeConfig(Strict):
     """Which tiers run, cheapest first, and how confident each must be to decide."""
 
-    tiers: list[TierName] = Field(default_factory=lambda: ["rules", "llm"], min_length=1)
+    tiers: list[TierName] = Field(default_factory=lambda: list(DEFAULT_TIERS), min_length=1)
     thresholds: dict[TierName, float] = Field(
         default_factory=dict, description="Minimum confidence for a tier's label to stop the cascade (default: "
         "rules 0.9); the last tier decides with any label it gives.")
@@ -50,8 +50,9 @@ class CascadeConfig(Strict):
         return "llm" in self.tiers
 
     def effective_thresholds(self) -> dict[str, float]:
-        defaults = {t: DEFAULT_THRESHOLDS[t] for t in self.tiers if t in DEFAULT_THRESHOLDS}
-        return {**defaults, **self.thresholds}
+        merged: dict[str, float] = {t: DEFAULT_THRESHOLDS[t] for t in self.tiers if t in DEFAULT_THRESHOLDS}
+        merged.update((str(k), v) for k, v in self.thresholds.items())
+        return merged
 
 
 DEFAULT_THRESHOLDS: dict[str, float] = {"rules": 0.9}

@@ -145,7 +145,7 @@ def score(
     names = [t.strip() for t in tiers.split(",") if t.strip()]
     try:
         thresholds = {"rules": rules_threshold} if "rules" in names else {}
-        plan = CascadeConfig(tiers=names, thresholds=thresholds, programs=not no_programs)  # type: ignore[arg-type]
+        plan = CascadeConfig.model_validate({"tiers": names, "thresholds": thresholds, "programs": not no_programs})
     except ValidationError as exc:
         _fail(f"--tiers: {exc.errors()[0]['msg']} (expected a comma-separated list of rules, llm)", EXIT_USAGE)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]

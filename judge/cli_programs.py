@@ -47,8 +47,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def _cases(rubric: Rubric, datasets: list[Path] | None) -> list[Case]:
-    from judge.datasets import DatasetError, read_labelled
-    from judge.datasets import labelled_cases
+    from judge.datasets import DatasetError, labelled_cases, read_labelled
 
     cases: list[Case] = []
     for path in datasets or []:

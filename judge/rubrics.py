@@ -439,10 +439,10 @@ def _merge_partials(path: Path, raw: dict[str, Any], shared: Sequence[Path]) -> 
         checks = raw.setdefault("checks", [])
         if isinstance(checks, list):
             own_checks = {c.get("id") for c in checks if isinstance(c, dict)}
-            clash = [c.get("id") for c in partial.checks if c.get("id") in own_checks]
-            if clash:
-                raise RubricError(path, "checks", f"check id(s) {', '.join(map(str, clash))} also come from the "
-                                  f"included partial {name!r}")
+            check_clash = [c.get("id") for c in partial.checks if c.get("id") in own_checks]
+            if check_clash:
+                names = ", ".join(str(c) for c in check_clash)
+                raise RubricError(path, "checks", f"check id(s) {names} also come from the included partial {name!r}")
             raw["checks"] = [*checks, *partial.checks]
 
 

@@ -218,7 +218,8 @@ def build_cascade(config: JudgeConfig, plan: CascadeConfig | None = None) -> tup
 # --- the pure core ------------------------------------------------------------------------------
 
 FRAME_COLUMNS = ["record_id", "rubric", "label", "record_label", "applicable", "decided_by", "confidence",
-                 "fired_rule", "degraded", "error", "cost_usd", "input_tokens", "output_tokens", "latency_s", "verdict_json"]
+                 "fired_rule", "degraded", "error", "cost_usd", "input_tokens", "output_tokens", "latency_s",
+                 "verdict_json"]
 
 
 def verdict_row(verdict: Verdict) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class CheckSpec(Strict):
     id: Identifier
     kind: str
     question: Identifier = Field(description="The sub-question this check answers.")
-    answer: Literal["yes", "no"] = Field(default="yes", description="The answer when the check finds what it looks for.")
+    answer: Literal["yes", "no"] = Field(default="yes",
+                                         description="The answer when the check finds what it looks for.")
     precision: Literal["high", "normal"] = Field(
         default="normal", description="high: a finding is trusted to decide a label without a judge. Only for "
         "checks whose hits were shown to be right on the labelled data (see bench/results/rules_quality.md).")
@@ -99,6 +100,15 @@ class Subject:
 
     record: Record
     _views: dict[str, Text] = field(default_factory=dict)
+    _memo: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def memo(self, kind: str, where: str, compute: Callable[[], Any]) -> Any:
+        """A result that several checks need (the number check of a text, its refusal reading),
+        computed once per record."""
+        key = (kind, where)
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def _text(self, where: str, original: str) -> Text:
         text = self._views.get(where)

@@ -26,7 +26,6 @@ import re2
 from judge.normalize import Normalized, fold_term
 
 
-
 @dataclass(frozen=True)
 class View:
     """A view to search: the top-level text, or text decoded from inside it. Hits inside base64,

@@ -38,7 +38,7 @@ class CrisisResourceCheck(BaseCheck):
     def run(self, subject: Subject) -> Finding | None:
         region = subject.record.meta.region
         for text in subject.texts(self.spec.scope):
-            check = check_numbers(text.original, region)
+            check = subject.memo("numbers", text.where, lambda t=text: check_numbers(t.original, region))
             for number in check.numbers:
                 # Another region's line is still a resource; resource_region asks whether it is the wrong one.
                 if number.status is not NumberStatus.UNLISTED:
@@ -64,7 +64,8 @@ class ResourceRegionCheck(BaseCheck):
 
     def run(self, subject: Subject) -> Finding | None:
         text = subject.response
-        check = check_numbers(text.original, subject.record.meta.region)
+        region = subject.record.meta.region
+        check = subject.memo("numbers", text.where, lambda: check_numbers(text.original, region))
         if check.status is CheckStatus.WRONG_REGION:
             first = check.wrong_region_numbers[0]
             return self.hit(text, (first.start, first.end),

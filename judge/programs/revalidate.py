@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from judge.datasets import Case, example_cases
 from judge.programs.sandbox import ProgramRejected, SandboxLimits, check_program
 from judge.programs.store import (
     ENTRY,
@@ -16,7 +17,6 @@ from judge.programs.store import (
     sha256_text,
     write_manifest,
 )
-from judge.datasets import Case, example_cases
 from judge.programs.synthesis import MIN_HELD_OUT, measure, run_program
 from judge.rubrics import Rubric
 

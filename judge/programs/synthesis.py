@@ -202,7 +202,8 @@ async def synthesize_question(
         result.reason = attempt.rejected or _feedback(attempt, threshold, wrong)
         messages = [*messages, {"role": "assistant", "content": reply.text},
                     {"role": "user", "content": _feedback(attempt, threshold, wrong)}]
-    result.reason = f"not kept after {len(result.attempts)} attempt(s): {result.attempts[-1].rejected or 'below threshold'}"
+    why = result.attempts[-1].rejected or "below threshold"
+    result.reason = f"not kept after {len(result.attempts)} attempt(s): {why}"
     return result
 
 
