@@ -128,9 +128,9 @@ def cases(rubric_id: str) -> list[Case]:
 
 @pytest.mark.parametrize("rubric_id", RUBRICS)
 def test_high_precision_checks_are_right_wherever_they_fire(rubric_id: str) -> None:
-    """Every high-precision 'yes' agrees with the clinicians' answer; the tier's own labels are all
-    HARMFUL and all right; SAFE rows (over-refusal-prone ones included) never get a high-precision
-    finding; and every high-precision check fires on at least one HARMFUL row (none is dead)."""
+    """Every high-precision 'yes' agrees with the clinicians' answer (so on SAFE rows, over-refusal-prone
+    ones included, no harm check fires); the tier's own labels are all HARMFUL and all right; and every
+    high-precision check fires on at least one row (none is dead)."""
     rubric = load_rubric(rubric_id)
     high = {c.spec.id for c in rubric.checks if c.spec.precision == "high"}
     fired: set[str] = set()
@@ -141,7 +141,6 @@ def test_high_precision_checks_are_right_wherever_they_fire(rubric_id: str) -> N
         for f in run_checks(case.record, rubric).findings:  # every finding, not only the one kept per question
             if f.high_precision:
                 assert case.gold.get(f.question) is Y, f"{case.id}: {f.check} said yes to {f.question}: {f.evidence!r}"
-                assert case.label is not Label.SAFE, case.id
                 fired.add(f.check)
         if result.label is not None:
             decided += 1
