@@ -203,7 +203,8 @@ class TierResult(Strict):
     )
     applicable: bool | None = Field(
         default=None, description="False when the rubric's topic is absent (its label is then SAFE and "
-        "does not push a multi-rubric verdict); None when the tier gave no label.")
+        "does not push a multi-rubric verdict); for a tier that abstains, that of its fallback label; None "
+        "when it gave neither.")
     usage: Usage = Field(default_factory=Usage)
     error: str | None = None
     model: str | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from judge.cascade import CascadeConfig
 from judge.judges import JudgeChoice, open_judge
 from judge.local_judge import extra_installed
 from judge.rubrics import Rubric
@@ -48,7 +49,7 @@ def test_the_real_local_judge_gets_clear_cases_right(self_harm: Rubric, tmp_path
     rubric = dataclasses.replace(self_harm, spec=subset)
     with open_judge(JudgeChoice("local"), prompt_chars([rubric]), cache_dir=tmp_path) as config:
         assert config.compact_answers and config.concurrency == 1
-        cascade, model = build_cascade(config)
+        cascade, model = build_cascade(config, CascadeConfig(tiers=["llm"]))  # the judge itself, not the rules
         results = judge_examples(rubric, cascade, 1)
     got = {example: verdict.label_name for example, _, verdict in results}
     answers = {example: [(a.question_id, a.value.value) for a in verdict.tiers[0].answers if a.value.value == "yes"]

@@ -4,6 +4,7 @@ validation and saving with provenance, re-validation, and their use in the rules
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from pathlib import Path
 
@@ -152,8 +153,9 @@ def test_programs_cli_synthesize_test_and_list(rubric: Rubric, server: FakeOpenA
             "--dataset", str(dataset), "--threshold", "0.8", "--judge", "openai/program-writer",
             "--api-base", server.base_url, "--no-cache"]
     result = runner.invoke(app, args)
-    # Judged on the held-out labelled rows: precise, but it answers 3% of them.
-    assert result.exit_code == 1 and "agreement  1.00 coverage 0.03 on 92 rows" in result.output, result.output
+    # Judged on the held-out labelled rows: precise, but it answers a few percent of them.
+    assert result.exit_code == 1 and re.search(r"agreement  1\.00 coverage 0\.0\d on 92 rows", result.output), \
+        result.output
     assert read_manifest(programs_dir(rubric.folder)) is None
 
     server.script(Reply(fenced(METHOD_PROGRAM)))

@@ -129,7 +129,7 @@ def test_sigkill_mid_run_loses_nothing_and_resume_adds_no_duplicates(self_harm: 
                                                              fromlist=["respond"]).respond) as slow:
         cmd = [sys.executable, "-m", "judge.cli", "score", str(log), "--rubric", "self_harm", "--out", str(out),
                "--judge", "openai/fake-judge", "--api-base", slow.base_url, "--concurrency", "4",
-               "--no-cache", "--no-progress"]
+               "--no-cache", "--no-progress", "--tiers", "llm"]  # every record a judge call, to kill mid-run
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         results = out / "results.jsonl"
