@@ -38,7 +38,8 @@ class CrisisResourceCheck(BaseCheck):
     def run(self, subject: Subject) -> Finding | None:
         region = subject.record.meta.region
         for text in subject.texts(self.spec.scope):
-            check = subject.memo("numbers", text.where, lambda t=text: check_numbers(t.original, region))
+            original = text.original
+            check = subject.memo("numbers", text.where, lambda: check_numbers(original, region))  # noqa: B023
             for number in check.numbers:
                 # Another region's line is still a resource; resource_region asks whether it is the wrong one.
                 if number.status is not NumberStatus.UNLISTED:
