@@ -52,10 +52,12 @@ def _compile_all(patterns: list[str], env: CheckEnv, field: str) -> list[Any]:
 class PatternCheck(BaseCheck):
     def __init__(self, spec: PatternCheckSpec, env: CheckEnv) -> None:
         self.spec: PatternCheckSpec = spec
-        _compile_all(spec.patterns, env, "patterns")  # each on its own first: an error names its index
-        # Then all as one automaton: one scan of the text per check, however many patterns it has.
+        self.patterns = _compile_all(spec.patterns, env, "patterns")  # an error names its index
+        # All as one automaton too: one scan tells whether any pattern can hit (most texts: none).
+        # Hits are then looked for pattern by pattern, so a cancelled hit of one pattern cannot hide an
+        # overlapping hit of another, and the note names the pattern that matched.
         expanded = [_expand(p, env, f"patterns[{i}]") for i, p in enumerate(spec.patterns)]
-        self.patterns = [compile_re2("|".join(f"(?:{p})" for p in expanded))]
+        self.any_pattern = compile_re2("|".join(f"(?:{p})" for p in expanded))
         self.unless = _compile_all(spec.unless, env, "unless")
 
     def _cancelled(self, text: str, start: int, end: int) -> bool:
@@ -72,10 +74,12 @@ class PatternCheck(BaseCheck):
         for text in subject.texts(spec.scope):
             for view in views(text.view, spec.decoded):
                 body = view.view.text
-                for regex in self.patterns:
+                if self.any_pattern.search(body) is None:
+                    continue
+                for index, regex in enumerate(self.patterns):
                     for m in regex.finditer(body):
                         if m.end() == m.start() or self._cancelled(body, m.start(), m.end()):
                             continue
                         how = f" (decoded from {view.encoding})" if view.encoding else ""
-                        return self.hit(text, view.span(m.start(), m.end()), f"pattern matched{how}")
+                        return self.hit(text, view.span(m.start(), m.end()), f"pattern {index}{how}")
         return self.absent()
