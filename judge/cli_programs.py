@@ -86,6 +86,7 @@ def synthesize(
     examples and the --dataset rows, and save the ones above the threshold beside the rubric."""
     from judge.cli import _judge, _judge_options
     from judge.models import JudgeModel
+    from judge.programs.store import judged
     from judge.programs.synthesis import synthesize as run
 
     rubric = _rubric(rubric_ref, rubrics_dir)
@@ -95,8 +96,7 @@ def synthesize(
 
     def show(outcome: Synthesised) -> None:
         last = next((a for a in reversed(outcome.attempts) if a.measured is not None), None)
-        measured = (last.held_out if last and last.held_out and last.held_out.rows >= 10 else
-                    last.measured if last else None)
+        measured = judged(last.measured, last.held_out) if last and last.measured else None
         figures = (f"agreement {_pct(measured.agreement)} coverage {measured.coverage:.2f} on {measured.rows} rows"
                    if measured else "")
         mark = "kept" if outcome.kept else "NOT KEPT"

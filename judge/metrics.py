@@ -23,6 +23,7 @@ class QuestionAgreement:
     gold_yes: int
     gold_no: int
     answered: int  # rows with a gold yes/no where the tier answered yes or no
+    agreed: int  # of those, the rows where it gave the gold answer
     said_yes: int
     precision_yes: float | None  # of the tier's "yes" answers, the share gold calls yes
     recall_yes: float | None  # of gold "yes", the share the tier answered "yes"
@@ -38,8 +39,8 @@ class QuestionAgreement:
         return {**asdict(self), "coverage": self.coverage}
 
 
-def _ratio(values: Sequence[bool], key: str, gold: Sequence[str], said: Sequence[str], fn: Any) -> float | None:
-    if not values:
+def _ratio(defined: bool, key: str, gold: Sequence[str], said: Sequence[str], fn: Any) -> float | None:
+    if not defined:
         return None
     # Three values occur (yes, no, abstain): score the one label asked for.
     return float(fn(gold, said, labels=[key], average=None, zero_division=0)[0])
@@ -66,14 +67,14 @@ def answer_agreement(predicted: Sequence[Answers], gold: Sequence[Answers],
             # An abstention counts against recall (the gold answer was not found) and not against precision.
             saids.append(said.value if said in (AnswerValue.YES, AnswerValue.NO) else "abstain")
         answered = sum(s != "abstain" for s in saids)
-        yes = [s == "yes" for s in saids]
-        no = [s == "no" for s in saids]
+        said_yes, said_no = saids.count("yes"), saids.count("no")
         out.append(QuestionAgreement(
-            question=q, gold_yes=gold_yes, gold_no=gold_no, answered=answered, said_yes=sum(yes),
-            precision_yes=_ratio([y for y in yes if y], "yes", golds, saids, precision_score),
-            recall_yes=_ratio([g == "yes" for g in golds if g == "yes"], "yes", golds, saids, recall_score),
-            precision_no=_ratio([n for n in no if n], "no", golds, saids, precision_score),
-            recall_no=_ratio([g == "no" for g in golds if g == "no"], "no", golds, saids, recall_score),
+            question=q, gold_yes=gold_yes, gold_no=gold_no, answered=answered,
+            agreed=sum(s == g for s, g in zip(saids, golds, strict=True)), said_yes=said_yes,
+            precision_yes=_ratio(said_yes > 0, "yes", golds, saids, precision_score),
+            recall_yes=_ratio(gold_yes > 0, "yes", golds, saids, recall_score),
+            precision_no=_ratio(said_no > 0, "no", golds, saids, precision_score),
+            recall_no=_ratio(gold_no > 0, "no", golds, saids, recall_score),
         ))
     return out
 

@@ -12,12 +12,13 @@ from judge.programs.store import (
     ENTRY,
     Manifest,
     ProgramError,
+    judged,
     programs_dir,
     read_manifest,
     sha256_text,
     write_manifest,
 )
-from judge.programs.synthesis import MIN_HELD_OUT, measure, run_program
+from judge.programs.synthesis import measure, run_program
 from judge.rubrics import Rubric
 
 
@@ -62,11 +63,11 @@ def revalidate(rubric: Rubric, held_out: Sequence[Case], accept: bool = False,
         outcomes = run_program(source, everything, limits or SandboxLimits())
         measured = measure(outcomes, everything, entry.question)
         held = measure(outcomes[len(shown):], held_out, entry.question) if held_out else None
-        judged = held if held is not None and held.rows >= MIN_HELD_OUT else measured
-        passed = judged.agreement is not None and judged.agreement >= entry.threshold
-        figures = (f"agreement {judged.agreement if judged.agreement is not None else float('nan'):.2f} "
-                   f"(threshold {entry.threshold:.2f}), coverage {judged.coverage:.2f} on {judged.rows} rows"
-                   f"{', ' + str(judged.errors) + ' errors' if judged.errors else ''}")
+        trusted = judged(measured, held)
+        passed = trusted.agreement is not None and trusted.agreement >= entry.threshold
+        figures = (f"agreement {trusted.agreement if trusted.agreement is not None else float('nan'):.2f} "
+                   f"(threshold {entry.threshold:.2f}), coverage {trusted.coverage:.2f} on {trusted.rows} rows"
+                   f"{', ' + str(trusted.errors) + ' errors' if trusted.errors else ''}")
         if edited and not accept:
             yield Revalidation(entry.question, False, f"edited since validation; {figures}; rerun with --accept "
                                f"to record it" if passed else f"edited since validation; {figures}")

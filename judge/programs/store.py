@@ -49,6 +49,15 @@ class Measured(Strict):
     sources: list[str] = Field(default_factory=list, description="What it was measured on.")
 
 
+MIN_HELD_OUT = 10
+"""Held-out rows needed before a program is judged on them rather than on every row."""
+
+
+def judged(measured: Measured, held_out: Measured | None) -> Measured:
+    """The figure to trust: on the held-out rows when there are enough, otherwise on every row."""
+    return held_out if held_out is not None and held_out.rows >= MIN_HELD_OUT else measured
+
+
 class ProgramEntry(Strict):
     question: Identifier
     file: str = Field(pattern=r"^[a-z][a-z0-9_]*\.py$")
@@ -66,9 +75,7 @@ class ProgramEntry(Strict):
 
     @property
     def agreement(self) -> float:
-        """The figure to trust: held-out when there were enough such rows, otherwise all rows."""
-        judged = self.held_out if self.held_out is not None and self.held_out.rows >= 10 else self.measured
-        return judged.agreement or 0.0
+        return judged(self.measured, self.held_out).agreement or 0.0
 
 
 class Manifest(Strict):

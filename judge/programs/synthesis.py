@@ -23,6 +23,7 @@ from typing import Any
 import jinja2
 
 from judge.datasets import Case, example_cases
+from judge.metrics import answer_agreement
 from judge.models import JudgeCallError, JudgeModel
 from judge.normalize import normalize
 from judge.programs.sandbox import Outcome, ProgramRejected, Sandbox, SandboxLimits, check_program
@@ -31,6 +32,7 @@ from judge.programs.store import (
     Manifest,
     Measured,
     ProgramEntry,
+    judged,
     program_context,
     programs_dir,
     read_manifest,
@@ -39,9 +41,6 @@ from judge.programs.store import (
 )
 from judge.rubrics import Rubric
 from judge.schema import AnswerValue, Usage, sha256_json
-
-MIN_HELD_OUT = 10
-"""Held-out rows needed before the threshold is applied to them rather than to every row."""
 
 
 def case_item(case: Case) -> tuple[str, dict[str, Any]]:
@@ -58,19 +57,12 @@ def _gold(case: Case, question: str) -> AnswerValue | None:
 
 def measure(outcomes: Sequence[Outcome], cases: Sequence[Case], question: str) -> Measured:
     """Agreement, coverage and yes-precision/recall of a program's answers against gold answers."""
-    pairs = [(o, g) for o, c in zip(outcomes, cases, strict=True) if (g := _gold(c, question)) is not None]
-    answered = [(o.answer, g.value) for o, g in pairs if o.answer in ("yes", "no")]
-    agree = sum(a == g for a, g in answered)
-    said_yes = [g for a, g in answered if a == "yes"]
-    gold_yes = [a for o, g in pairs if g is AnswerValue.YES for a in [o.answer]]
+    predicted = [{question: AnswerValue(o.answer)} if o.answer in ("yes", "no") else {} for o in outcomes]
+    (q,) = answer_agreement(predicted, [c.gold for c in cases], [question])
     return Measured(
-        rows=len(pairs),
-        answered=len(answered),
-        agreement=agree / len(answered) if answered else None,
-        coverage=len(answered) / len(pairs) if pairs else 0.0,
-        precision_yes=said_yes.count("yes") / len(said_yes) if said_yes else None,
-        recall_yes=gold_yes.count("yes") / len(gold_yes) if gold_yes else None,
-        errors=sum(o.error is not None for o, _ in pairs),
+        rows=q.gold_yes + q.gold_no, answered=q.answered, agreement=q.agreed / q.answered if q.answered else None,
+        coverage=q.coverage, precision_yes=q.precision_yes, recall_yes=q.recall_yes,
+        errors=sum(o.error is not None for o, c in zip(outcomes, cases, strict=True) if _gold(c, question)),
         sources=sorted({c.source for c in cases}),
     )
 
@@ -138,19 +130,18 @@ class Synthesised:
 
 
 def _judged_on(attempt: Attempt) -> Measured | None:
-    held = attempt.held_out
-    return held if held is not None and held.rows >= MIN_HELD_OUT else attempt.measured
+    return judged(attempt.measured, attempt.held_out) if attempt.measured is not None else None
 
 
 def _feedback(attempt: Attempt, threshold: float, wrong: Sequence[str]) -> str:
     if attempt.rejected:
         return (f"The program was rejected before running: {attempt.rejected}. Write it again within the "
                 f"rules, in one ```python block.")
-    judged = _judged_on(attempt)
-    assert judged is not None
-    agreement = "no answers" if judged.agreement is None else f"agreement {judged.agreement:.2f}"
+    trusted = _judged_on(attempt)
+    assert trusted is not None
+    agreement = "no answers" if trusted.agreement is None else f"agreement {trusted.agreement:.2f}"
     misses = f" It answered wrongly on examples {', '.join(wrong)}." if wrong else ""
-    return (f"On labelled data the program reached {agreement} with coverage {judged.coverage:.2f}; it needs "
+    return (f"On labelled data the program reached {agreement} with coverage {trusted.coverage:.2f}; it needs "
             f"agreement of at least {threshold:.2f} on the rows it answers.{misses} Write a better program: "
             f"abstain where unsure, in one ```python block.")
 
@@ -185,10 +176,10 @@ async def synthesize_question(
             attempt.measured = measure(outcomes, everything, question)
             if held_out:
                 attempt.held_out = measure(outcomes[len(shown):], held_out, question)
-            judged = _judged_on(attempt)
-            assert judged is not None
-            if (judged.agreement is not None and judged.agreement >= threshold
-                    and judged.coverage >= min_coverage):
+            trusted = _judged_on(attempt)
+            assert trusted is not None
+            if (trusted.agreement is not None and trusted.agreement >= threshold
+                    and trusted.coverage >= min_coverage):
                 model.remember(reply)
                 result.kept, result.reason = True, "kept"
                 result.entry = ProgramEntry(
