@@ -2,8 +2,9 @@
 
 Each tier answers with a label and a confidence, abstains, or fails. The first tier whose label is
 at least as confident as its threshold decides; the last tier decides with any label it gives. A
-failed or abstaining tier escalates. When no tier gives a label, a cheaper tier's fallback label
-(the rules tier's answers read through the verdict rule) is used and the verdict is marked
+failed or abstaining tier escalates. When no tier gives a label, the fallback labels of the tiers
+that abstained (the rules tier's answers read through the verdict rule, the classifier's best guess)
+give the most severe of them, and the verdict is marked
 degraded; with no fallback either the verdict is ERROR, never SAFE.
 
 A record judged under several rubrics gets one combined verdict: the most severe label among the
@@ -23,8 +24,8 @@ from judge.rubrics import Rubric
 from judge.schema import ERROR, Label, Record, Strict, TierResult, Usage, Verdict, VerdictLabel, sha256_json
 from judge.tiers.base import Tier
 
-TierName = Literal["rules", "llm"]
-DEFAULT_TIERS: tuple[TierName, ...] = ("rules", "llm")
+TierName = Literal["rules", "classifier", "llm"]
+DEFAULT_TIERS: tuple[TierName, ...] = ("rules", "classifier", "llm")
 
 
 class CascadeConfig(Strict):
@@ -35,11 +36,18 @@ class CascadeConfig(Strict):
         default_factory=dict, description="Minimum confidence for a tier's label to stop the cascade (default: "
         "rules 0.9); the last tier decides with any label it gives.")
     programs: bool = Field(default=True, description="Run the rubrics' saved judging programs in the rules tier.")
+    classifier_model: str | None = Field(default=None, description="The classifier tier's model folder "
+                                         "(default: the shipped head over all-MiniLM-L6-v2).")
+    classifier_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch", description="Run the classifier on torch, or on its ONNX export (fp32 or int8).")
 
     @model_validator(mode="after")
     def _known(self) -> CascadeConfig:
         if len(set(self.tiers)) != len(self.tiers):
             raise ValueError(f"a tier is listed twice: {', '.join(self.tiers)}")
+        order = [n for n in ("rules", "classifier", "llm") if n in self.tiers]
+        if order != list(self.tiers):
+            raise ValueError(f"tiers run cheapest first: {', '.join(order)}, not {', '.join(self.tiers)}")
         extra = set(self.thresholds) - set(self.tiers)
         if extra:
             raise ValueError(f"thresholds for tier(s) not in the cascade: {', '.join(sorted(extra))}")
@@ -95,8 +103,11 @@ class Cascade:
             label = decided.label
         fallback = None
         if decided is None:
-            # The tiers' own results stay as they were; only the verdict takes the fallback label.
-            fallback = next((r for r in reversed(results) if r.fallback_label is not None and r.error is None), None)
+            # The tiers' own results stay as they were; only the verdict takes the fallback label:
+            # the most severe any tier offers (a guess must not talk a warning down), the later
+            # tier's on a tie.
+            offered = [r for r in results if r.fallback_label is not None and r.error is None]
+            fallback = max(reversed(offered), key=lambda r: SEVERITY[r.fallback_label or Label.SAFE], default=None)
             if fallback is not None and fallback.fallback_label is not None:
                 label = fallback.fallback_label
         source = decided or fallback

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import SecretStr, ValidationError
 
+from judge.cli_classifier import classifier_app
 from judge.cli_programs import programs_app, rules_app
 from judge.cli_resources import app as resources_app
 from judge.ingest import ColumnMap, InputError
@@ -33,9 +34,28 @@ app.add_typer(rubric_app, name="rubric")
 app.add_typer(resources_app, name="resources", help="The crisis-resource registry: list, check a response, lint.")
 app.add_typer(programs_app, name="programs")
 app.add_typer(rules_app, name="rules")
+app.add_typer(classifier_app, name="classifier")
 
 RubricsDir = Annotated[list[Path] | None, typer.Option(
     "--rubrics-dir", help="Extra folder of rubric folders, searched before the built-ins.")]
+
+
+def _check_classifier(model: str | None, runtime: str) -> None:
+    """Fail before the run, not on every record, when the classifier tier cannot load."""
+    from judge.classifier.backends import ClassifierUnavailable, resolve_model_path, torch_module
+    from judge.classifier.bundle import BundleError, read_manifest
+    from judge.classifier.model import DEFAULT_MODEL_DIR
+
+    folder = Path(model) if model else DEFAULT_MODEL_DIR
+    try:
+        manifest = read_manifest(folder)
+        torch_module()
+        spec = manifest.encoder.path if manifest.encoder else manifest.sequence.checkpoint if manifest.sequence else ""
+        resolve_model_path(spec, folder.resolve())
+        if runtime != "torch" and manifest.onnx is None:
+            raise ClassifierUnavailable(f"{folder}: no ONNX export; run `psyjudge classifier export-onnx`")
+    except (ClassifierUnavailable, BundleError) as exc:
+        _fail(f"classifier tier: {exc} (or leave the tier out: --tiers rules,llm)", EXIT_USAGE)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -121,14 +141,21 @@ def score(
     show: Annotated[bool | None, typer.Option("--show/--no-show", help="Print each verdict with its evidence "
                                               "(default: when at most 25 were scored).")] = None,
     tiers: Annotated[str, typer.Option(
-        "--tiers", help="Tiers to run, cheapest first, comma-separated: rules,llm (default) or rules alone "
-        "(no judge model at all; every verdict is then the rules tier's, marked degraded where it abstains).")]
-    = "rules,llm",
+        "--tiers", help="Tiers to run, cheapest first, comma-separated, from rules, classifier, llm (default: all "
+        "three). Without llm no judge model is used; a record no tier decides gets the most severe fallback "
+        "label, marked degraded.")]
+    = "rules,classifier,llm",
     rules_threshold: Annotated[float, typer.Option(
         "--rules-threshold", min=0.0, max=1.0, help="Confidence the rules tier needs to decide without the judge.")]
     = 0.9,
     no_programs: Annotated[bool, typer.Option("--no-programs", help="Do not run the rubrics' saved judging "
                                               "programs in the rules tier.")] = False,
+    classifier_model: Annotated[Path | None, typer.Option(
+        "--classifier-model", help="The classifier tier's model folder (default: the shipped head; "
+        "see `psyjudge classifier info`).")] = None,
+    classifier_runtime: Annotated[str, typer.Option(
+        "--classifier-runtime", help="torch, onnx or onnx-int8 (after `psyjudge classifier export-onnx`).")]
+    = "torch",
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Score every response in INPUT under each rubric; write results.jsonl, quarantine.jsonl and
@@ -145,9 +172,16 @@ def score(
     names = [t.strip() for t in tiers.split(",") if t.strip()]
     try:
         thresholds = {"rules": rules_threshold} if "rules" in names else {}
-        plan = CascadeConfig.model_validate({"tiers": names, "thresholds": thresholds, "programs": not no_programs})
+        plan = CascadeConfig.model_validate({
+            "tiers": names, "thresholds": thresholds, "programs": not no_programs,
+            "classifier_model": str(classifier_model) if classifier_model else None,
+            "classifier_runtime": classifier_runtime})
     except ValidationError as exc:
-        _fail(f"--tiers: {exc.errors()[0]['msg']} (expected a comma-separated list of rules, llm)", EXIT_USAGE)
+        first = exc.errors()[0]
+        where = "--classifier-runtime" if first["loc"] and first["loc"][0] == "classifier_runtime" else "--tiers"
+        _fail(f"{where}: {first['msg']} (tiers: a comma-separated list of rules, classifier, llm)", EXIT_USAGE)
+    if "classifier" in plan.tiers:
+        _check_classifier(plan.classifier_model, plan.classifier_runtime)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
     judging = _judge(judge, options, rubrics) if plan.uses_llm else _no_judge(options)
@@ -167,7 +201,7 @@ def score(
     typer.echo(f"{s['verdicts']} verdicts ({labels}); {s['quarantined']} row(s) quarantined; "
                f"{run['scored']} scored now, {run['skipped_already_done']} already done")
     tiers_line = ", ".join(f"{k} {v}" for k, v in sorted(s["by_deciding_tier"].items()))
-    typer.echo(f"decided by: {tiers_line}" + (f"; {s['degraded']} degraded (no judge label: the rules tier's "
+    typer.echo(f"decided by: {tiers_line}" + (f"; {s['degraded']} degraded (no tier decided: a cheaper tier's "
                                                f"fallback, rescored by --retry-errors)" if s["degraded"] else ""))
     if "by_record" in s:
         per_record = ", ".join(f"{k} {v}" for k, v in sorted(s["by_record"].items()))
@@ -360,7 +394,8 @@ def doctor(
     checks = diagnose(judge, start)
     for check in checks:
         typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<15} {check.detail}")
-    needed = {"tiers", "judge", "server"} | ({"model file", "server package"} if judge in (None, "local") else set())
+    needed = {"tiers", "classifier", "judge", "server"}
+    needed |= {"model file", "server package"} if judge in (None, "local") else set()
     raise typer.Exit(EXIT_OK if all(c.ok for c in checks if c.name in needed) else EXIT_FAILED)
 
 

@@ -105,6 +105,23 @@ class Check:
     detail: str
 
 
+def _classifier_check() -> Check:
+    from judge.classifier.backends import ClassifierUnavailable, resolve_model_path, torch_module
+    from judge.classifier.bundle import BundleError, read_manifest
+    from judge.classifier.model import DEFAULT_MODEL_DIR
+
+    try:
+        manifest = read_manifest(DEFAULT_MODEL_DIR)
+        torch_module()
+        if manifest.encoder is not None:
+            resolve_model_path(manifest.encoder.path, DEFAULT_MODEL_DIR)
+    except (ClassifierUnavailable, BundleError) as exc:
+        return Check("classifier", False, str(exc))
+    shown = ", ".join(f"{k} {'never' if v is None else f'>= {v:.3f}'}"
+                      for k, v in manifest.thresholds.threshold.items())
+    return Check("classifier", True, f"{manifest.card.name} ({manifest.backend}); decides {shown}")
+
+
 def diagnose(judge: str | None = None, start_server: bool = True) -> list[Check]:
     """What `psyjudge doctor` reports: the tiers, the judge a run would use, whether the embedded
     model verifies (a full sha256 check, not the cached one), and whether a server starts."""
@@ -112,10 +129,11 @@ def diagnose(judge: str | None = None, start_server: bool = True) -> list[Check]
 
     from judge.local_judge import LocalJudgeError, model_dir, part_files, sha256_file, verified_model_path
     from judge.tiers import TIERS
+    from judge.tiers import classifier as _classifier  # noqa: F401  (registers the tier; torch stays unloaded)
     from judge.tiers import llm as _llm  # noqa: F401  (registers the llm tier)
+    from judge.tiers import rules as _rules  # noqa: F401
 
-    checks = [Check("tiers", True, "available: " + ", ".join(sorted(TIERS)) +
-                    "; not built yet: rules (programmatic), classifier")]
+    checks = [Check("tiers", True, "available: " + ", ".join(sorted(TIERS))), _classifier_check()]
     try:
         choice = choose_judge(judge)
         checks.append(Check("judge", True, choice.description))

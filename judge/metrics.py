@@ -2,6 +2,9 @@
 
 An abstention is not an answer: it lowers coverage, never precision. A gold 'n/a' is left out of
 the yes/no figures. scikit-learn computes the precision and recall.
+
+Calibration: `reliability_table` bins a tier's confidence and compares it with its accuracy; its
+expected calibration error is what the classifier's calibration step reports before and after fitting.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
 from sklearn.metrics import precision_score, recall_score
 
 from judge.schema import AnswerValue, Label
@@ -101,3 +107,53 @@ def decision_agreement(decided: Sequence[Label | None], gold: Sequence[Label]) -
         n, ok = by.get(d.value, (0, 0))
         by[d.value] = (n + 1, ok + (d is g))
     return DecisionAgreement(len(gold), sum(n for n, _ in by.values()), sum(ok for _, ok in by.values()), by)
+
+
+def _decimals(edges: npt.NDArray[np.float64]) -> int:
+    # Enough decimals to print every edge exactly ("0.9-1.0" for 10 bins, "0.25-0.50" for 4).
+    for d in range(1, 7):
+        if np.allclose(np.round(edges, d), edges, rtol=0, atol=1e-12):
+            return d
+    return 6
+
+
+def reliability_table(probs: npt.ArrayLike, y: npt.ArrayLike, bins: int = 10) -> tuple[pd.DataFrame, float]:
+    """Bin rows by confidence (the top probability) and compare each bin's mean confidence with its accuracy.
+
+    Equal-width bins over [0, 1], each [low, high) except the last, which holds 1.0. Every bin is a row,
+    empty ones with count 0 and NaN means, so tables from different runs line up. Returns the table and
+    the expected calibration error: the count-weighted mean of |accuracy - mean confidence|.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    gold = np.asarray(y)
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
+        raise ValueError(f"probs must be a non-empty (rows, classes) array, got shape {p.shape}")
+    if gold.shape != (p.shape[0],):
+        raise ValueError(f"y must have shape ({p.shape[0]},) to match probs {p.shape}, got {gold.shape}")
+    if not np.issubdtype(gold.dtype, np.integer):
+        raise ValueError(f"y must hold integer class indices, got dtype {gold.dtype}")
+    if gold.min() < 0 or gold.max() >= p.shape[1]:
+        raise ValueError(f"y holds class indices outside 0..{p.shape[1] - 1}")
+    if not np.isfinite(p).all():
+        raise ValueError("probs contains NaN or infinite values")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == gold).astype(np.float64)
+    # arange / bins, not linspace: 3 / 10 is exactly the double 0.3, so a confidence of 0.3 lands in "0.3-0.4".
+    edges = np.arange(bins + 1, dtype=np.float64) / bins
+    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(index, weights=correct, minlength=bins) / count
+    gap = accuracy - mean_conf
+    d = _decimals(edges)
+    table = pd.DataFrame({
+        "bin": [f"{edges[i]:.{d}f}-{edges[i + 1]:.{d}f}" for i in range(bins)],
+        "low": edges[:-1], "high": edges[1:], "count": count.astype(np.int64),
+        "mean_confidence": mean_conf, "accuracy": accuracy, "gap": gap,
+    })
+    filled = count > 0
+    ece = float(np.sum(count[filled] * np.abs(gap[filled])) / p.shape[0])
+    return table, ece

@@ -128,7 +128,7 @@ class ResultsStore:
             return True
         if prior.record_sha256 != record.content_hash() or prior.rubric_sha256 != rubric.sha256:
             return True  # the input row or the rubric's text changed under the same id and version
-        # A degraded verdict (the rules tier's fallback while the judge failed) is retried like an error.
+        # A degraded verdict (a cheaper tier's fallback while the judge failed) is retried like an error.
         return (prior.label == ERROR or prior.degraded) and retry_errors
 
     def append(self, verdict: Verdict) -> None:
@@ -206,12 +206,20 @@ def judge_all(pairs: Sequence[tuple[Record, Rubric]], cascade: Cascade,
 
 
 def build_cascade(config: JudgeConfig, plan: CascadeConfig | None = None) -> tuple[Cascade, JudgeModel]:
-    """The cascade a run uses: the rules tier first, then the LLM judge, by default."""
+    """The cascade a run uses: by default the rules tier, then the classifier, then the LLM judge."""
     plan = plan or CascadeConfig()
     model = JudgeModel(config)
     tiers: list[Tier] = []
     for name in plan.tiers:
-        tiers.append(RulesTier(programs=plan.programs) if name == "rules" else LLMTier(model))
+        if name == "rules":
+            tiers.append(RulesTier(programs=plan.programs))
+        elif name == "classifier":
+            # Imported here: torch and the model load only when the tier is asked for.
+            from judge.tiers.classifier import ClassifierTier
+
+            tiers.append(ClassifierTier(plan.classifier_model, plan.classifier_runtime))
+        else:
+            tiers.append(LLMTier(model))
     return Cascade(tiers, plan.effective_thresholds()), model
 
 

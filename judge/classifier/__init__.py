@@ -1,0 +1,1 @@
+"""The local classifier tier's model code: back-ends, calibration, training and ONNX export."""
