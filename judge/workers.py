@@ -43,10 +43,12 @@ class ShardStats:
 
 
 def _shard(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, plan: CascadeConfig | None, results: Path,
-           events: Queue[tuple[str, int, int]]) -> None:
+           events: Queue[tuple[str, int, int]], workers: int = 1) -> None:
+    from judge.classifier.backends import share_threads
     from judge.runner import ResultsStore, build_cascade, judge_stream
 
     die_with_parent()
+    share_threads(workers)
     cascade, model = build_cascade(config, plan)
     store = ResultsStore(results)  # append only: the parent already decided what to judge
 
@@ -66,7 +68,8 @@ def run_sharded(pairs: Sequence[tuple[Record, Rubric]], config: JudgeConfig, res
     context = multiprocessing.get_context("fork")
     events: Queue[tuple[str, int, int]] = context.Queue()
     share = config.model_copy(update={"concurrency": max(1, -(-config.concurrency // workers))})
-    processes = [context.Process(target=_shard, args=(pairs[i::workers], share, plan, results, events), daemon=True)
+    processes = [context.Process(target=_shard, args=(pairs[i::workers], share, plan, results, events, workers),
+                                 daemon=True)
                  for i in range(workers)]
     stats = ShardStats()
     reported = 0

@@ -20,8 +20,10 @@ runner = CliRunner()
 
 
 def score_args(server: FakeOpenAIServer, out: Path, *extra: str) -> list[str]:
+    """The judge path: rules then the (scripted) judge, so that the labels are the script's. The default
+    cascade, with the classifier between them, is exercised in test_classifier.py and below."""
     return ["score", str(DEMO_LOG), "--rubric", "self_harm", "--out", str(out), "--judge", "openai/fake-judge",
-            "--api-base", server.base_url, "--no-progress", *extra]
+            "--api-base", server.base_url, "--no-progress", "--tiers", "rules,llm", *extra]
 
 
 def test_score_demo_log_end_to_end(server: FakeOpenAIServer, tmp_path: Path) -> None:
@@ -191,3 +193,28 @@ def test_summary_records_the_judge(server: FakeOpenAIServer, tmp_path: Path) -> 
     runner.invoke(app, score_args(server, tmp_path / "out"))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["judge"] == "openai/fake-judge" and summary["rubrics"][0]["id"] == "self_harm"
+
+
+def test_score_runs_the_classifier_between_rules_and_judge(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["score", str(DEMO_LOG), "--rubric", "self_harm", "--out", str(out), "--judge", "openai/fake-judge",
+            "--api-base", server.base_url, "--no-progress", "--no-show", "--no-cache"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "tiers: rules, classifier, llm" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    decided = summary["by_deciding_tier"]
+    # The shipped head decides the clear cases, so the judge is asked about fewer records than were scored.
+    assert decided.get("classifier", 0) >= 1 and sum(decided.values()) == 8
+    assert len(server.requests) == decided.get("llm", 0) < 8
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_classifier = [r for r in rows if r["decided_by"] == "classifier"]
+    tier = next(t for t in by_classifier[0]["tiers"] if t["tier"] == "classifier")
+    assert tier["usage"]["input_tokens"] == 0 and tier["usage"]["seconds"] > 0 and "threshold" in tier["fired_rule"]
+
+
+def test_score_refuses_a_classifier_folder_that_is_not_one(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["score", str(DEMO_LOG), "-r", "self_harm", "--tiers", "rules,classifier",
+                                 "--classifier-model", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "not a psyjudge classifier" in result.output
+    assert not (tmp_path / "out" / "results.jsonl").exists()

