@@ -25,7 +25,12 @@ from judge.schema import ERROR, Label, Record, Strict, TierResult, Usage, Verdic
 from judge.tiers.base import Tier
 
 TierName = Literal["rules", "classifier", "llm"]
-DEFAULT_TIERS: tuple[TierName, ...] = ("rules", "classifier", "llm")
+DEFAULT_TIERS: tuple[TierName, ...] = ("rules", "llm")
+"""The classifier tier runs when asked for (`--tiers rules,classifier,llm`) or when a model is named
+(`--classifier-model`). It is not on by default: the shipped head, trained on the project's 372 rows,
+falls well short of its 0.95 precision target out of domain (bench/results/classifier.md: on
+XSTest-Response it would clear a third of the harmful responses as SAFE), so it is a starting point to
+retrain, not a tier to trust unasked."""
 
 
 class CascadeConfig(Strict):

@@ -140,11 +140,11 @@ def score(
                                                   help="Progress bar (default: on a terminal).")] = None,
     show: Annotated[bool | None, typer.Option("--show/--no-show", help="Print each verdict with its evidence "
                                               "(default: when at most 25 were scored).")] = None,
-    tiers: Annotated[str, typer.Option(
-        "--tiers", help="Tiers to run, cheapest first, comma-separated, from rules, classifier, llm (default: all "
-        "three). Without llm no judge model is used; a record no tier decides gets the most severe fallback "
-        "label, marked degraded.")]
-    = "rules,classifier,llm",
+    tiers: Annotated[str | None, typer.Option(
+        "--tiers", help="Tiers to run, cheapest first, comma-separated, from rules, classifier, llm (default: "
+        "rules,llm, or rules,classifier,llm when --classifier-model is given). Without llm no judge model is "
+        "used; a record no tier decides gets the most severe fallback label, marked degraded.")]
+    = None,
     rules_threshold: Annotated[float, typer.Option(
         "--rules-threshold", min=0.0, max=1.0, help="Confidence the rules tier needs to decide without the judge.")]
     = 0.9,
@@ -169,6 +169,8 @@ def score(
         columns = ColumnMap.from_pairs(column or [])
     except ValueError as exc:
         _fail(f"--column: {exc}", EXIT_USAGE)
+    if tiers is None:
+        tiers = "rules,classifier,llm" if classifier_model is not None else "rules,llm"
     names = [t.strip() for t in tiers.split(",") if t.strip()]
     try:
         thresholds = {"rules": rules_threshold} if "rules" in names else {}
@@ -394,7 +396,7 @@ def doctor(
     checks = diagnose(judge, start)
     for check in checks:
         typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name:<15} {check.detail}")
-    needed = {"tiers", "classifier", "judge", "server"}
+    needed = {"tiers", "judge", "server"}
     needed |= {"model file", "server package"} if judge in (None, "local") else set()
     raise typer.Exit(EXIT_OK if all(c.ok for c in checks if c.name in needed) else EXIT_FAILED)
 

@@ -135,6 +135,7 @@ def train(
         _fail(f"--calibration: expected temperature, isotonic or none, got {calibration!r}")
     if not data and not distil:
         _fail("nothing to train on: give --data and/or --distil")
+    targets = _targets(target)  # options first: a typo should not wait for the data to load
     loaded = _load_tables(data, label_map, label_column, response_column, context_column)
     try:
         loaded += [read_distillation(p, teachers=teacher or ["llm"], records=records) for p in distil or []]
@@ -144,7 +145,7 @@ def train(
         method=cast(Literal["head", "finetune"], method), base=base,
         features=cast(Literal["response", "response+context"], features), head_file=head_file,
         val_fraction=val_fraction, seed=seed, calibration=cast(Literal["temperature", "isotonic", "none"], calibration),
-        targets=_targets(target), min_support=min_support, max_length=max_length, batch_size=batch_size,
+        targets=targets, min_support=min_support, max_length=max_length, batch_size=batch_size,
         epochs=epochs, learning_rate=learning_rate, name=name, rubrics=rubric)
     for item in loaded:
         skipped = ", ".join(f"{k} {v}" for k, v in item.skipped.items() if v) or "none"
@@ -254,14 +255,31 @@ def export_onnx(
     model: ModelOpt = None,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write a dynamically quantised int8 "
                                        "model.")] = True,
+    parity_data: Annotated[Path | None, typer.Option(
+        "--parity-data", help="Labelled or unlabelled table whose responses the parity check runs on (default: "
+        "eight built-in texts); use a sample of your own traffic.")] = None,
 ) -> None:
     """Export the model to ONNX (and int8), check its probabilities against torch, and record it."""
     from judge.classifier.model import DEFAULT_MODEL_DIR
     from judge.classifier.onnx import export_onnx as run_export
 
     folder = (model or DEFAULT_MODEL_DIR).resolve()
+    inputs = None
+    if parity_data is not None:
+        from judge.classifier.data import read_table
+        from judge.classifier.inputs import text_input
+
+        try:
+            frame = read_table(parity_data)
+        except _errors() as exc:
+            _fail(str(exc), EXIT_INPUT)
+        if "response" not in frame.columns:
+            _fail(f"{parity_data}: no response column")
+        context = frame["prompt"] if "prompt" in frame.columns else [""] * len(frame)
+        inputs = [text_input(str(r), c if isinstance(c, str) else "") for r, c in zip(frame["response"], context,
+                                                                                      strict=True) if str(r).strip()]
     try:
-        spec = run_export(folder, int8=int8)
+        spec = run_export(folder, int8=int8, inputs=inputs)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {folder / spec.fp32}" + (f" and {folder / spec.int8}" if spec.int8 else ""))

@@ -20,8 +20,9 @@ runner = CliRunner()
 
 
 def score_args(server: FakeOpenAIServer, out: Path, *extra: str) -> list[str]:
-    """The judge path: rules then the (scripted) judge, so that the labels are the script's. The default
-    cascade, with the classifier between them, is exercised in test_classifier.py and below."""
+    """The judge path: rules then the (scripted) judge (the default, stated so that the labels stay the
+    script's whatever the default becomes). The classifier between them is exercised below and in
+    test_classifier.py."""
     return ["score", str(DEMO_LOG), "--rubric", "self_harm", "--out", str(out), "--judge", "openai/fake-judge",
             "--api-base", server.base_url, "--no-progress", "--tiers", "rules,llm", *extra]
 
@@ -196,9 +197,13 @@ def test_summary_records_the_judge(server: FakeOpenAIServer, tmp_path: Path) -> 
 
 
 def test_score_runs_the_classifier_between_rules_and_judge(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    from judge.classifier.model import DEFAULT_MODEL_DIR
+
     out = tmp_path / "out"
+    # Naming a classifier model puts the tier in the cascade.
     args = ["score", str(DEMO_LOG), "--rubric", "self_harm", "--out", str(out), "--judge", "openai/fake-judge",
-            "--api-base", server.base_url, "--no-progress", "--no-show", "--no-cache"]
+            "--api-base", server.base_url, "--no-progress", "--no-show", "--no-cache",
+            "--classifier-model", str(DEFAULT_MODEL_DIR)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "tiers: rules, classifier, llm" in result.output

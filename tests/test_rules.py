@@ -219,7 +219,7 @@ def test_rules_explain_and_eval_commands() -> None:
 
 def test_default_cascade_runs_cheapest_first() -> None:
     plan = CascadeConfig()
-    assert plan.tiers == ["rules", "classifier", "llm"] and plan.effective_thresholds() == {"rules": 0.9}
+    assert plan.tiers == ["rules", "llm"] and plan.effective_thresholds() == {"rules": 0.9}
     with pytest.raises(ValueError, match="cheapest first"):
         CascadeConfig(tiers=["llm", "rules"])
     with pytest.raises(ValueError, match="not in the cascade"):
