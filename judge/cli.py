@@ -54,6 +54,8 @@ def _check_classifier(model: str | None, runtime: str) -> None:
         resolve_model_path(spec, folder.resolve())
         if runtime != "torch" and manifest.onnx is None:
             raise ClassifierUnavailable(f"{folder}: no ONNX export; run `psyjudge classifier export-onnx`")
+        if runtime == "onnx-int8" and manifest.onnx is not None and manifest.onnx.int8 is None:
+            raise ClassifierUnavailable(f"{folder}: no int8 export; run `psyjudge classifier export-onnx --int8`")
     except (ClassifierUnavailable, BundleError) as exc:
         _fail(f"classifier tier: {exc} (or leave the tier out: --tiers rules,llm)", EXIT_USAGE)
 
@@ -184,6 +186,8 @@ def score(
         _fail(f"{where}: {first['msg']} (tiers: a comma-separated list of rules, classifier, llm)", EXIT_USAGE)
     if "classifier" in plan.tiers:
         _check_classifier(plan.classifier_model, plan.classifier_runtime)
+    elif classifier_model is not None:
+        _fail("--classifier-model names a model but --tiers leaves the classifier out", EXIT_USAGE)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
     judging = _judge(judge, options, rubrics) if plan.uses_llm else _no_judge(options)

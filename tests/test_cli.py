@@ -223,3 +223,6 @@ def test_score_refuses_a_classifier_folder_that_is_not_one(tmp_path: Path) -> No
                                  "--classifier-model", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "not a psyjudge classifier" in result.output
     assert not (tmp_path / "out" / "results.jsonl").exists()
+    ignored = runner.invoke(app, ["score", str(DEMO_LOG), "-r", "self_harm", "--tiers", "rules",
+                                  "--classifier-model", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert ignored.exit_code == 2 and "leaves the classifier out" in ignored.output
