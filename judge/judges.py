@@ -106,6 +106,8 @@ class Check:
 
 
 def _classifier_check() -> Check:
+    """Whether the shipped classifier loads here (informational: the tier is opt-in, so a run without
+    the classifier extra still passes `doctor`)."""
     from judge.classifier.backends import ClassifierUnavailable, resolve_model_path, torch_module
     from judge.classifier.bundle import BundleError, read_manifest
     from judge.classifier.model import DEFAULT_MODEL_DIR
@@ -129,7 +131,7 @@ def diagnose(judge: str | None = None, start_server: bool = True) -> list[Check]
 
     from judge.local_judge import LocalJudgeError, model_dir, part_files, sha256_file, verified_model_path
     from judge.tiers import TIERS
-    from judge.tiers import classifier as _classifier  # noqa: F401  (registers the tier; torch stays unloaded)
+    from judge.tiers import classifier as _classifier  # noqa: F401  (registers the classifier tier)
     from judge.tiers import llm as _llm  # noqa: F401  (registers the llm tier)
     from judge.tiers import rules as _rules  # noqa: F401
 

@@ -206,7 +206,8 @@ def judge_all(pairs: Sequence[tuple[Record, Rubric]], cascade: Cascade,
 
 
 def build_cascade(config: JudgeConfig, plan: CascadeConfig | None = None) -> tuple[Cascade, JudgeModel]:
-    """The cascade a run uses: by default the rules tier, then the classifier, then the LLM judge."""
+    """The cascade a run uses: the rules tier, then the LLM judge by default; the classifier between
+    them when the plan names it."""
     plan = plan or CascadeConfig()
     model = JudgeModel(config)
     tiers: list[Tier] = []
