@@ -111,6 +111,10 @@ def train(
     target: TargetOpt = None,
     min_support: Annotated[int, typer.Option("--min-support", min=1, help="Fewest calibration rows a "
                                              "threshold may rest on.")] = 5,
+    conservative: Annotated[bool, typer.Option(
+        "--conservative", help="Require the Wilson 95% lower bound of each threshold's precision, not the observed "
+        "precision, to reach the target: on little data the tier then decides less (or nothing), but what it "
+        "decides is held to the target with 95% confidence.")] = False,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 3,
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0)] = 5e-5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
@@ -145,7 +149,8 @@ def train(
         method=cast(Literal["head", "finetune"], method), base=base,
         features=cast(Literal["response", "response+context"], features), head_file=head_file,
         val_fraction=val_fraction, seed=seed, calibration=cast(Literal["temperature", "isotonic", "none"], calibration),
-        targets=targets, min_support=min_support, max_length=max_length, batch_size=batch_size,
+        targets=targets, min_support=min_support, bound="wilson" if conservative else "point",
+        max_length=max_length, batch_size=batch_size,
         epochs=epochs, learning_rate=learning_rate, name=name, rubrics=rubric)
     for item in loaded:
         skipped = ", ".join(f"{k} {v}" for k, v in item.skipped.items() if v) or "none"

@@ -207,6 +207,20 @@ def test_cutoffs_generalise_to_a_fresh_sample() -> None:
     assert precisions == sorted(precisions) and len(set(precisions)) == len(precisions)
 
 
+def test_the_wilson_bound_is_the_conservative_choice() -> None:
+    probs, y = fitting_data()
+    point = choose_thresholds(probs, y, LABELS, {"SAFE": 0.9, "HARMFUL": 0.9})
+    wilson = choose_thresholds(probs, y, LABELS, {"SAFE": 0.9, "HARMFUL": 0.9}, bound="wilson")
+    assert wilson.bound == "wilson" and wilson.coverage < point.coverage
+    for label in ("SAFE", "HARMFUL"):
+        w_cut, p_cut, lower = wilson.threshold[label], point.threshold[label], wilson.precision_lower[label]
+        assert w_cut is not None and p_cut is not None and lower is not None
+        assert w_cut >= p_cut and lower >= 0.9  # the bound itself clears the target
+    # On few rows even a perfect record cannot show 0.95 with 95% confidence: nothing is decided.
+    few = choose_thresholds(probs[:40], y[:40], LABELS, {"SAFE": 0.95, "HARMFUL": 0.95}, bound="wilson")
+    assert few.coverage == 0.0 and set(few.unreachable) == {"SAFE", "HARMFUL"}
+
+
 def test_impossible_target_is_unreachable_and_never_decides() -> None:
     # Every SAFE prediction's cutoff includes the most confident row, and that row is wrong.
     conf = np.linspace(0.99, 0.6, 40)

@@ -207,6 +207,8 @@ def render_card(manifest: Manifest) -> str:
         lines.append(f"| {key} | {_fmt(th.targets.get(key))} | {_fmt(th.threshold.get(key))} | "
                      f"{_fmt(th.support.get(key))} | {_fmt(th.precision.get(key))} | "
                      f"{_fmt(th.precision_lower.get(key))} |")
+    lines.append(f"\nThresholds chosen so that the {'Wilson 95% lower bound of the ' if th.bound == 'wilson' else ''}"
+                 "precision reaches the target.")
     lines.append(f"\nCoverage on the calibration rows: {th.coverage:.3f}"
                  + (f"; target not reachable for {', '.join(th.unreachable)} (that label is never decided)"
                     if th.unreachable else ""))

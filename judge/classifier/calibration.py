@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from sklearn.isotonic import IsotonicRegression
@@ -68,6 +68,15 @@ def softmax(logits: npt.ArrayLike) -> FloatArray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     out: FloatArray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def _wilson_array(successes: np.ndarray, n: np.ndarray, z: float = _WILSON_Z) -> np.ndarray:
+    """wilson_lower over arrays (n > 0)."""
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    out: np.ndarray = np.maximum(0.0, (centre - spread) / (1 + z * z / n))
     return out
 
 
@@ -235,6 +244,9 @@ class Thresholds(Strict):
     precision_lower: dict[str, float | None]
     unreachable: list[str]
     coverage: float
+    bound: Literal["point", "wilson"] = Field(
+        default="point", description="What had to clear the target: the observed precision, or its Wilson 95% "
+        "lower bound (conservative: on few rows it decides less, or nothing).")
 
     @field_validator("targets")
     @classmethod
@@ -269,14 +281,16 @@ def _check_targets(targets: Mapping[str, float], labels: Sequence[str]) -> None:
 
 
 def choose_thresholds(probs: npt.ArrayLike, y: npt.ArrayLike, labels: Sequence[str],
-                      targets: Mapping[str, float], min_support: int = 5) -> Thresholds:
+                      targets: Mapping[str, float], min_support: int = 5,
+                      bound: Literal["point", "wilson"] = "point") -> Thresholds:
     """For each targeted label, the smallest confidence cutoff meeting its target precision on these rows.
 
     A row is decided with label L at cutoff c when L is its argmax and its confidence (top probability)
     is >= c. Candidate cutoffs are the confidences that occur, so rows with equal confidence are in or
     out together, exactly as `decide` will treat them. Among cutoffs whose decided set has precision >=
     target and at least `min_support` rows, the smallest wins (most coverage). None qualifying: the
-    label never decides and is listed in `unreachable`.
+    label never decides and is listed in `unreachable`. With bound="wilson" the Wilson 95% lower bound
+    of the precision, not the precision itself, must reach the target.
     """
     p = _probs(probs, labels)
     gold = _gold(y, p.shape[0], p.shape[1])
@@ -300,7 +314,8 @@ def choose_thresholds(probs: npt.ArrayLike, y: npt.ArrayLike, labels: Sequence[s
         # Cut only at the last row of each run of equal confidences: a tie is one cutoff.
         ends = np.flatnonzero(np.append(c[1:] != c[:-1], True)) if len(c) else np.array([], dtype=np.int64)
         decided = ends + 1
-        ok = (hits[ends] / decided >= targets[label]) & (decided >= min_support)
+        observed = hits[ends] / decided if bound == "point" else _wilson_array(hits[ends], decided)
+        ok = (observed >= targets[label]) & (decided >= min_support)
         if not ok.any():
             unreachable.append(label)
             continue
@@ -310,7 +325,7 @@ def choose_thresholds(probs: npt.ArrayLike, y: npt.ArrayLike, labels: Sequence[s
         precision[label], lower[label] = n_hit / n_dec, wilson_lower(n_hit, n_dec)
     coverage = float(decide(p, labels, threshold)[2].mean())
     return Thresholds(targets=dict(targets), threshold=threshold, support=support, precision=precision,
-                      precision_lower=lower, unreachable=unreachable, coverage=coverage)
+                      precision_lower=lower, unreachable=unreachable, coverage=coverage, bound=bound)
 
 
 def decide(probs: npt.ArrayLike, labels: Sequence[str], threshold: Mapping[str, float | None]

@@ -57,6 +57,7 @@ class TrainOptions:
     calibration: Literal["temperature", "isotonic", "none"] = "temperature"
     targets: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
     min_support: int = 5
+    bound: Literal["point", "wilson"] = "point"
     max_length: int = 256
     batch_size: int = 16
     # fine-tuning
@@ -187,7 +188,7 @@ def _calibrate(log_probs: np.ndarray, y: np.ndarray, labels: Sequence[Label], op
     calibration = fit_calibration(log_probs, y, options.calibration)
     thresholds = choose_thresholds(calibration.apply(log_probs), y, [str(x) for x in labels],
                                    {k: v for k, v in options.targets.items() if Label(k) in labels},
-                                   options.min_support)
+                                   options.min_support, options.bound)
     return calibration, thresholds
 
 
