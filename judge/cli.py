@@ -11,7 +11,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from pydantic import SecretStr, ValidationError
@@ -40,22 +40,14 @@ RubricsDir = Annotated[list[Path] | None, typer.Option(
     "--rubrics-dir", help="Extra folder of rubric folders, searched before the built-ins.")]
 
 
-def _check_classifier(model: str | None, runtime: str) -> None:
+def _check_classifier(model: str | None, runtime: Literal["torch", "onnx", "onnx-int8"]) -> None:
     """Fail before the run, not on every record, when the classifier tier cannot load."""
-    from judge.classifier.backends import ClassifierUnavailable, resolve_model_path, torch_module
-    from judge.classifier.bundle import BundleError, read_manifest
-    from judge.classifier.model import DEFAULT_MODEL_DIR
+    from judge.classifier.backends import ClassifierUnavailable
+    from judge.classifier.bundle import BundleError
+    from judge.classifier.model import check_loadable
 
-    folder = Path(model) if model else DEFAULT_MODEL_DIR
     try:
-        manifest = read_manifest(folder)
-        torch_module()
-        spec = manifest.encoder.path if manifest.encoder else manifest.sequence.checkpoint if manifest.sequence else ""
-        resolve_model_path(spec, folder.resolve())
-        if runtime != "torch" and manifest.onnx is None:
-            raise ClassifierUnavailable(f"{folder}: no ONNX export; run `psyjudge classifier export-onnx`")
-        if runtime == "onnx-int8" and manifest.onnx is not None and manifest.onnx.int8 is None:
-            raise ClassifierUnavailable(f"{folder}: no int8 export; run `psyjudge classifier export-onnx --int8`")
+        check_loadable(Path(model) if model else None, runtime)
     except (ClassifierUnavailable, BundleError) as exc:
         _fail(f"classifier tier: {exc} (or leave the tier out: --tiers rules,llm)", EXIT_USAGE)
 

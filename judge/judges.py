@@ -108,15 +108,12 @@ class Check:
 def _classifier_check() -> Check:
     """Whether the shipped classifier loads here (informational: the tier is opt-in, so a run without
     the classifier extra still passes `doctor`)."""
-    from judge.classifier.backends import ClassifierUnavailable, resolve_model_path, torch_module
-    from judge.classifier.bundle import BundleError, read_manifest
-    from judge.classifier.model import DEFAULT_MODEL_DIR
+    from judge.classifier.backends import ClassifierUnavailable
+    from judge.classifier.bundle import BundleError
+    from judge.classifier.model import check_loadable
 
     try:
-        manifest = read_manifest(DEFAULT_MODEL_DIR)
-        torch_module()
-        if manifest.encoder is not None:
-            resolve_model_path(manifest.encoder.path, DEFAULT_MODEL_DIR)
+        manifest = check_loadable()
     except (ClassifierUnavailable, BundleError) as exc:
         return Check("classifier", False, str(exc))
     shown = ", ".join(f"{k} {'never' if v is None else f'>= {v:.3f}'}"

@@ -209,18 +209,21 @@ class HeadBackend:
     def __init__(self, encoder: Encoder, head: LinearHead, features: str) -> None:
         self.encoder, self.head, self.features = encoder, head, features
 
-    def embeddings(self, inputs: Sequence[ModelInput]) -> np.ndarray:
-        response = self.encoder.embed([i.response for i in inputs])
-        if self.features == "response":
-            return response
-        context = np.zeros_like(response)
-        present = [n for n, i in enumerate(inputs) if i.context]
-        if present:
-            context[present] = self.encoder.embed([inputs[n].context for n in present])
-        return np.concatenate([response, context], axis=1)
-
     def logits(self, inputs: Sequence[ModelInput]) -> np.ndarray:
-        return self.head.logits(self.embeddings(inputs))
+        return self.head.logits(head_features(self.encoder, inputs, self.features))
+
+
+def head_features(encoder: Encoder, inputs: Sequence[ModelInput], features: str) -> np.ndarray:
+    """What a head reads: the response's embedding, then (for response+context) the user turn's, zeros
+    where there is none. Training and inference both call this."""
+    response = encoder.embed([i.response for i in inputs])
+    if features == "response":
+        return response
+    context = np.zeros_like(response)
+    present = [n for n, i in enumerate(inputs) if i.context]
+    if present:
+        context[present] = encoder.embed([inputs[n].context for n in present])
+    return np.concatenate([response, context], axis=1)
 
 
 # --- sequence-classification checkpoints ---------------------------------------------------------

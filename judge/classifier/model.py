@@ -98,17 +98,38 @@ class Classifier:
         return self.predictions(self.calibrated(self.log_probs(inputs)))
 
 
+def check_loadable(folder: Path | None = None, runtime: Runtime = "torch") -> Manifest:
+    """Whether a classifier can load here, without loading its weights: the manifest reads, torch imports,
+    the encoder or checkpoint folder exists and the runtime's ONNX file is recorded. Raises
+    ClassifierUnavailable or BundleError saying what to do."""
+    from judge.classifier.backends import torch_module
+
+    folder = (folder or DEFAULT_MODEL_DIR).resolve()
+    manifest = read_manifest(folder)
+    torch_module()
+    spec = manifest.encoder.path if manifest.encoder else manifest.sequence.checkpoint if manifest.sequence else ""
+    resolve_model_path(spec, folder)
+    onnx_file(folder, manifest, runtime)
+    return manifest
+
+
+def onnx_file(folder: Path, manifest: Manifest, runtime: Runtime) -> Path | None:
+    """The ONNX file a runtime runs (None for torch); missing or unrecorded is ClassifierUnavailable."""
+    if runtime == "torch":
+        return None
+    if manifest.onnx is None:
+        raise ClassifierUnavailable(f"{folder}: no ONNX export; run `psyjudge classifier export-onnx {folder}`")
+    name = manifest.onnx.int8 if runtime == "onnx-int8" else manifest.onnx.fp32
+    if name is None:
+        raise ClassifierUnavailable(f"{folder}: no int8 export; run `psyjudge classifier export-onnx --int8`")
+    path = folder / name
+    if not path.is_file():
+        raise ClassifierUnavailable(f"{path}: named in the manifest but missing")
+    return path
+
+
 def build_backend(folder: Path, manifest: Manifest, runtime: Runtime, batch_size: int = 32) -> LogitBackend:
-    onnx_file: Path | None = None
-    if runtime != "torch":
-        if manifest.onnx is None:
-            raise ClassifierUnavailable(f"{folder}: no ONNX export; run `psyjudge classifier export-onnx {folder}`")
-        name = manifest.onnx.int8 if runtime == "onnx-int8" else manifest.onnx.fp32
-        if name is None:
-            raise ClassifierUnavailable(f"{folder}: no int8 export; run `psyjudge classifier export-onnx --int8`")
-        onnx_file = folder / name
-        if not onnx_file.is_file():
-            raise ClassifierUnavailable(f"{onnx_file}: named in the manifest but missing")
+    exported = onnx_file(folder, manifest, runtime)
     if manifest.backend == "head":
         assert manifest.encoder is not None and manifest.head is not None  # the manifest validator checked
         spec = manifest.encoder
@@ -120,8 +141,8 @@ def build_backend(folder: Path, manifest: Manifest, runtime: Runtime, batch_size
         if head.classes != len(manifest.labels):
             raise BundleError(f"{folder}: the head gives {head.classes} classes, the manifest names "
                               f"{len(manifest.labels)} labels")
-        encoder = (TorchEncoder(path, spec.pooling, spec.normalize, spec.max_length, batch_size) if onnx_file is None
-                   else OnnxEncoder(onnx_file, path, spec.pooling, spec.normalize, spec.max_length, batch_size))
+        encoder = (TorchEncoder(path, spec.pooling, spec.normalize, spec.max_length, batch_size) if exported is None
+                   else OnnxEncoder(exported, path, spec.pooling, spec.normalize, spec.max_length, batch_size))
         expected = encoder.dim * (2 if manifest.head.features == "response+context" else 1)
         if head.features != expected:
             raise BundleError(f"{folder}: the head reads {head.features} features; this encoder gives {expected}")
@@ -129,8 +150,8 @@ def build_backend(folder: Path, manifest: Manifest, runtime: Runtime, batch_size
     assert manifest.sequence is not None
     seq = manifest.sequence
     path = resolve_model_path(seq.checkpoint, folder)
-    if onnx_file is not None:
-        return OnnxSequence(onnx_file, path, seq.max_length, batch_size)
+    if exported is not None:
+        return OnnxSequence(exported, path, seq.max_length, batch_size)
     backend = TorchSequence(path, seq.max_length, batch_size)
     if backend.raw_labels() != seq.raw_labels:
         raise BundleError(f"{folder}: the checkpoint's labels {backend.raw_labels()} are not the manifest's "

@@ -27,6 +27,7 @@ import numpy as np
 from judge.classifier.backends import (
     BUILTIN_ENCODER,
     TorchEncoder,
+    head_features,
     pair_batch,
     resolve_model_path,
     torch_module,
@@ -201,10 +202,7 @@ def train_head(loaded: Sequence[Loaded], out: Path, options: TrainOptions) -> Tr
                            batch_size=max(options.batch_size, 32))
     spec = EncoderSpec(path=options.base if options.base.startswith("builtin:") else str(Path(options.base).resolve()),
                        max_length=options.max_length)
-    from judge.classifier.backends import HeadBackend
-
-    placeholder = LinearHead(np.zeros((len(labels), 1), np.float32), np.zeros(len(labels), np.float32))
-    features = HeadBackend(encoder, placeholder, options.features).embeddings([r.input for r in rows])
+    features = head_features(encoder, [r.input for r in rows], options.features)
     head, oof, info = fit_head(features[train_idx], y[train_idx], len(labels), options.seed)
     calibration, thresholds = _calibrate(oof, y[train_idx], labels, options)
     validation = None
