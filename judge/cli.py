@@ -7,25 +7,45 @@ Exit codes: 0 ok; 1 a rubric's examples failed or an internal error; 2 bad usage
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any
 
 import typer
-from pydantic import SecretStr, ValidationError
 
 from judge.cli_classifier import classifier_app
+from judge.cli_common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_USAGE,
+    ApiBaseOpt,
+    ApiKeyOpt,
+    AttemptsOpt,
+    CacheDirOpt,
+    ClassifierModelOpt,
+    ClassifierRuntimeOpt,
+    ConcurrencyOpt,
+    JudgeOpt,
+    ModeOpt,
+    NoCacheOpt,
+    NoProgramsOpt,
+    RubricsDir,
+    RulesThresholdOpt,
+    StrictOpt,
+    TiersOpt,
+    TimeoutOpt,
+    _fail,
+    _judge,
+    _judge_options,
+    _rubric,
+    build_plan,
+    judging,
+)
 from judge.cli_programs import programs_app, rules_app
 from judge.cli_resources import app as resources_app
 from judge.ingest import ColumnMap, InputError
-from judge.judges import JudgeSelectionError, choose_judge, open_judge
-from judge.local_judge import LocalJudgeError
-from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
-from judge.rubrics import Rubric, RubricError, available_rubrics, check_examples, load_rubric
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+from judge.rubrics import RubricError, available_rubrics, check_examples, load_rubric
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Judge chatbot responses for psychological-safety harm.")
@@ -35,79 +55,6 @@ app.add_typer(resources_app, name="resources", help="The crisis-resource registr
 app.add_typer(programs_app, name="programs")
 app.add_typer(rules_app, name="rules")
 app.add_typer(classifier_app, name="classifier")
-
-RubricsDir = Annotated[list[Path] | None, typer.Option(
-    "--rubrics-dir", help="Extra folder of rubric folders, searched before the built-ins.")]
-
-
-def _check_classifier(model: str | None, runtime: Literal["torch", "onnx", "onnx-int8"]) -> None:
-    """Fail before the run, not on every record, when the classifier tier cannot load."""
-    from judge.classifier.backends import ClassifierUnavailable
-    from judge.classifier.bundle import BundleError
-    from judge.classifier.model import check_loadable
-
-    try:
-        check_loadable(Path(model) if model else None, runtime)
-    except (ClassifierUnavailable, BundleError) as exc:
-        _fail(f"classifier tier: {exc} (or leave the tier out: --tiers rules,llm)", EXIT_USAGE)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
-
-
-def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:
-    try:
-        return load_rubric(ref, dirs or [])
-    except RubricError as exc:
-        _fail(str(exc), EXIT_USAGE)
-
-
-def _judge_options(api_base: str | None, api_key: str | None, concurrency: int, max_attempts: int,
-                   timeout: float, cache_dir: Path | None, no_cache: bool) -> dict[str, Any]:
-    return {"api_base": api_base, "api_key": SecretStr(api_key) if api_key else None, "concurrency": concurrency,
-            "max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache}
-
-
-@contextlib.contextmanager
-def _judge(judge: str | None, options: dict[str, Any], rubrics: list[Rubric]) -> Iterator[tuple[JudgeConfig, str]]:
-    """The chosen judge's config, with a local server running while the block runs. Every way a
-    judge cannot be had is a usage error (exit 2) with the reason and the fix."""
-    from judge.tiers.llm import prompt_chars
-
-    try:
-        choice = choose_judge(judge)
-        with open_judge(choice, prompt_chars(rubrics), **options) as config:
-            yield config, choice.description
-    except (JudgeSelectionError, LocalJudgeError) as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", EXIT_USAGE)
-
-
-JudgeOpt = Annotated[str | None, typer.Option(
-    "--judge", "-j", help="A litellm model string, 'local' for the embedded judge, or a .gguf path. Default: "
-    "the embedded judge when no provider key is set and psyjudge[local] is installed.")]
-ApiBaseOpt = Annotated[str | None, typer.Option("--api-base", envvar=API_BASE_ENV,
-                                                help="Base URL of an OpenAI-compatible server.")]
-ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar=API_KEY_ENV, show_default=False,
-                                               help="API key; otherwise the provider's own variable.")]
-ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", min=1, max=1024,
-                                             help="Judge calls in flight per provider.")]
-AttemptsOpt = Annotated[int, typer.Option("--max-attempts", min=1, max=20,
-                                          help="Tries per call on 429 / 5xx / timeouts.")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds per judge call.")]
-CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Judge reply cache (0700).")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the reply cache.")]
-
-
-@contextlib.contextmanager
-def _no_judge(options: dict[str, Any]) -> Iterator[tuple[JudgeConfig, str]]:
-    """For a rules-only run: no model is started or called."""
-    yield JudgeConfig(model="none", **{k: v for k, v in options.items() if k not in ("api_base", "api_key")}), \
-        "none (rules tier only)"
 
 
 @app.command()
@@ -134,27 +81,17 @@ def score(
                                                   help="Progress bar (default: on a terminal).")] = None,
     show: Annotated[bool | None, typer.Option("--show/--no-show", help="Print each verdict with its evidence "
                                               "(default: when at most 25 were scored).")] = None,
-    tiers: Annotated[str | None, typer.Option(
-        "--tiers", help="Tiers to run, cheapest first, comma-separated, from rules, classifier, llm (default: "
-        "rules,llm, or rules,classifier,llm when --classifier-model is given). Without llm no judge model is "
-        "used; a record no tier decides gets the most severe fallback label, marked degraded.")]
-    = None,
-    rules_threshold: Annotated[float, typer.Option(
-        "--rules-threshold", min=0.0, max=1.0, help="Confidence the rules tier needs to decide without the judge.")]
-    = 0.9,
-    no_programs: Annotated[bool, typer.Option("--no-programs", help="Do not run the rubrics' saved judging "
-                                              "programs in the rules tier.")] = False,
-    classifier_model: Annotated[Path | None, typer.Option(
-        "--classifier-model", help="The classifier tier's model folder (default: the shipped head; "
-        "see `psyjudge classifier info`).")] = None,
-    classifier_runtime: Annotated[str, typer.Option(
-        "--classifier-runtime", help="torch, onnx or onnx-int8 (after `psyjudge classifier export-onnx`).")]
-    = "torch",
+    tiers: TiersOpt = None,
+    mode: ModeOpt = "cascade",
+    strict: StrictOpt = False,
+    rules_threshold: RulesThresholdOpt = 0.9,
+    no_programs: NoProgramsOpt = False,
+    classifier_model: ClassifierModelOpt = None,
+    classifier_runtime: ClassifierRuntimeOpt = "torch",
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Score every response in INPUT under each rubric; write results.jsonl, quarantine.jsonl and
     summary.json to --out. A rerun resumes."""
-    from judge.cascade import CascadeConfig
     from judge.runner import run_score  # pandas and asyncio machinery only when scoring
 
     if input_format is not None and input_format not in ("jsonl", "csv", "parquet"):
@@ -163,28 +100,11 @@ def score(
         columns = ColumnMap.from_pairs(column or [])
     except ValueError as exc:
         _fail(f"--column: {exc}", EXIT_USAGE)
-    if tiers is None:
-        tiers = "rules,classifier,llm" if classifier_model is not None else "rules,llm"
-    names = [t.strip() for t in tiers.split(",") if t.strip()]
-    try:
-        thresholds = {"rules": rules_threshold} if "rules" in names else {}
-        plan = CascadeConfig.model_validate({
-            "tiers": names, "thresholds": thresholds, "programs": not no_programs,
-            "classifier_model": str(classifier_model) if classifier_model else None,
-            "classifier_runtime": classifier_runtime})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "--classifier-runtime" if first["loc"] and first["loc"][0] == "classifier_runtime" else "--tiers"
-        _fail(f"{where}: {first['msg']} (tiers: a comma-separated list of rules, classifier, llm)", EXIT_USAGE)
-    if "classifier" in plan.tiers:
-        _check_classifier(plan.classifier_model, plan.classifier_runtime)
-    elif classifier_model is not None:
-        _fail("--classifier-model names a model but --tiers leaves the classifier out", EXIT_USAGE)
+    plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
-    judging = _judge(judge, options, rubrics) if plan.uses_llm else _no_judge(options)
-    with judging as (config, description):
-        typer.echo(f"tiers: {', '.join(plan.tiers)}; judge: {description}", err=True)
+    with judging(plan, judge, options, rubrics) as (config, description):
+        typer.echo(f"mode: {plan.mode}; tiers: {', '.join(plan.tiers)}; judge: {description}", err=True)
         try:
             outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
                                 retry_errors=retry_errors, progress=progress, workers=workers,
@@ -201,6 +121,7 @@ def score(
     tiers_line = ", ".join(f"{k} {v}" for k, v in sorted(s["by_deciding_tier"].items()))
     typer.echo(f"decided by: {tiers_line}" + (f"; {s['degraded']} degraded (no tier decided: a cheaper tier's "
                                                f"fallback, rescored by --retry-errors)" if s["degraded"] else ""))
+    typer.echo(_ledger_line(s["ledger"]))
     if "by_record" in s:
         per_record = ", ".join(f"{k} {v}" for k, v in sorted(s["by_record"].items()))
         typer.echo(f"{s['records']} records across {len(rubrics)} rubrics, most severe applicable label: {per_record}")
@@ -215,6 +136,22 @@ def score(
 
 
 SHOW_AT_MOST = 25
+
+
+def _ledger_line(c: dict[str, Any]) -> str:
+    """The cascade's economics in one line: who decided, LLM calls avoided, cost per 1,000 records."""
+    shares = ", ".join(f"{t['tier']} {t['decided_share']:.0%}" for t in c["by_tier"])
+    line = f"decided by a confident tier: {shares}"
+    if c["llm_in_plan"]:
+        line += (f"; LLM asked on {c['llm_verdicts']}/{c['verdicts']} verdicts, "
+                 f"{c['llm_calls_avoided']} LLM call(s) avoided")
+    per, only = c["per_1k_records"], c["llm_only_per_1k_records"]
+    if per:
+        line += f"; per 1,000 records ${per['cost_usd']:.4f}, {per['input_tokens'] + per['output_tokens']:.0f} tokens"
+        if only and c["mode"] != "all":
+            line += (f" (LLM-only: ${only['cost_usd']:.4f}, "
+                     f"{only['input_tokens'] + only['output_tokens']:.0f} tokens; {c['llm_only_basis']})")
+    return line
 
 
 def _show_verdicts(out: Path) -> None:

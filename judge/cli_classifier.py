@@ -37,7 +37,7 @@ RuntimeOpt = Annotated[str, typer.Option("--runtime", help="torch, onnx or onnx-
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    from judge.cli import _fail as fail
+    from judge.cli_common import _fail as fail
 
     fail(message, code)
 

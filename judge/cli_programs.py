@@ -35,13 +35,13 @@ RubricsDirOpt = Annotated[list[Path] | None, typer.Option(
 
 # judge.cli mounts these apps, so its shared helpers are imported late, inside the functions.
 def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:
-    from judge.cli import _rubric as load
+    from judge.cli_common import _rubric as load
 
     return load(ref, dirs)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    from judge.cli import _fail as fail
+    from judge.cli_common import _fail as fail
 
     fail(message, code)
 
@@ -84,7 +84,7 @@ def synthesize(
 ) -> None:
     """Ask the LLM for one judging program per sub-question, validate each against the rubric's
     examples and the --dataset rows, and save the ones above the threshold beside the rubric."""
-    from judge.cli import _judge, _judge_options
+    from judge.cli_common import _judge, _judge_options
     from judge.models import JudgeModel
     from judge.programs.store import judged
     from judge.programs.synthesis import synthesize as run

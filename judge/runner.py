@@ -27,6 +27,7 @@ from judge.atomic import write_text_atomic
 from judge.cascade import Cascade, CascadeConfig, combine_verdicts
 from judge.datasets import LabelledRow
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
+from judge.ledger import TierSpend, spends_of, summarise_ledgers
 from judge.models import JudgeConfig, JudgeModel
 from judge.rubrics import Rubric, example_records
 from judge.schema import ERROR, Record, Verdict
@@ -61,8 +62,9 @@ class _Done:
     cost_usd: float
     cost_known: bool
     offset: int
-    degraded: bool = False
     """Where the verdict's line starts in results.jsonl, to read it back without holding it."""
+    degraded: bool = False
+    spends: tuple[TierSpend, ...] = ()
 
     @classmethod
     def from_row(cls, row: dict[str, Any], offset: int) -> _Done:
@@ -70,7 +72,7 @@ class _Done:
         return cls(row["label"], row["rubric"], row["record_sha256"], row["rubric_sha256"],
                    row.get("decided_by"), row.get("error"), int(usage.get("input_tokens", 0)),
                    int(usage.get("output_tokens", 0)), float(usage.get("cost_usd", 0.0)),
-                   bool(usage.get("cost_known", True)), offset, bool(row.get("degraded", False)))
+                   bool(usage.get("cost_known", True)), offset, bool(row.get("degraded", False)), spends_of(row))
 
 
 @dataclass
@@ -145,7 +147,7 @@ class ResultsStore:
         self.done[(verdict.record_id, verdict.rubric)] = _Done(
             verdict.label_name, verdict.rubric, verdict.record_sha256, verdict.rubric_sha256,
             verdict.decided_by, verdict.error, u.input_tokens, u.output_tokens, u.cost_usd, u.cost_known,
-            offset, verdict.degraded)
+            offset, verdict.degraded, spends_of({"ledger": [e.model_dump() for e in verdict.ledger]}))
 
 
 def read_verdicts(out_dir: Path) -> Iterator[dict[str, Any]]:
@@ -221,7 +223,7 @@ def build_cascade(config: JudgeConfig, plan: CascadeConfig | None = None) -> tup
             tiers.append(ClassifierTier(plan.classifier_model, plan.classifier_runtime))
         else:
             tiers.append(LLMTier(model))
-    return Cascade(tiers, plan.effective_thresholds()), model
+    return Cascade(tiers, plan.effective_thresholds(), mode=plan.run_mode, strict=plan.strict), model
 
 
 # --- the pure core ------------------------------------------------------------------------------
@@ -287,8 +289,11 @@ def record_verdicts(store: ResultsStore, record_ids: Sequence[str], rubrics: Seq
                 yield combine_verdicts([read(k) for k in keys])
 
 
-def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -> dict[str, Any]:
-    """Counts over every (record, rubric) of this input, finished now or in an earlier run."""
+def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any], *, mode: str = "cascade",
+              tiers: Sequence[str] = ()) -> dict[str, Any]:
+    """Counts over every (record, rubric) of this input, finished now or in an earlier run, and the
+    cascade's ledger summed (judge.ledger): decision share per tier, LLM calls avoided, cost per 1,000
+    records against LLM-only."""
     by_label: Counter[str] = Counter()
     by_tier: Counter[str] = Counter()
     by_rubric: dict[str, Counter[str]] = {}
@@ -313,6 +318,10 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -
         tokens_out += done.output_tokens
         cost += done.cost_usd
         cost_known = cost_known and done.cost_known
+    finished = [(k[0], store.done[k].spends) for k in keys if k in store.done]
+    if not tiers:  # a cascade handed in by the caller: its tiers as its verdicts' ledgers list them
+        tiers = list(dict.fromkeys(s.tier for _, spends in finished for s in spends))
+    ledger = summarise_ledgers(finished, mode=mode, tiers=tiers)
     return {
         "verdicts": len(keys),
         "by_label": dict(by_label),
@@ -326,6 +335,7 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any]) -
         "output_tokens": tokens_out,
         "cost_usd": round(cost, 6),
         "cost_complete": cost_known,
+        "ledger": ledger.model_dump(mode="json"),
         **extra,
     }
 
@@ -422,7 +432,9 @@ def run_score(
             "records_per_s": round(len(todo) / wall, 2) if todo and wall > 0 else None,
             "started_at": started_at,
         },
-    })
+    }, mode=used_plan.mode if used_plan is not None else (cascade.mode if cascade is not None else "cascade"),
+        tiers=list(used_plan.tiers) if used_plan is not None else
+        ([t.name for t in cascade.tiers] if cascade is not None else []))
     if len(rubrics) > 1:
         by_record: Counter[str] = Counter()
 

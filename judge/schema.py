@@ -219,6 +219,30 @@ class TierResult(Strict):
     fallback_rule: str | None = None
 
 
+LedgerOutcome = Literal["decided", "abstained", "error", "compared", "skipped"]
+"""What a tier did for one record: it `decided` the label; it `abstained` (no label, or one below its
+threshold) and the cascade went on; it failed (`error`); it ran after the decision only so that the
+tiers can be compared (`compared`, mode `all`); or it was not asked (`skipped`: an earlier tier
+decided)."""
+
+
+class LedgerEntry(Strict):
+    """One tier's line in a verdict's cost ledger."""
+
+    tier: str
+    outcome: LedgerOutcome
+    label: Label | None = Field(default=None, description="The tier's own label, decided or not.")
+    confidence: float | None = None
+    stops: bool = Field(default=False, description="Whether this label would stop the cascade (confident "
+                        "enough, or the last tier); in mode `all`, the first such tier is the cascade's answer.")
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+    seconds: float = Field(default=0.0, description="Wall-clock seconds the tier took for this record.")
+
+
 class Verdict(Strict):
     """The final word on one record under one rubric: one line of results.jsonl."""
 
@@ -242,6 +266,11 @@ class Verdict(Strict):
         "verdict. The label above is then the most severe applicable one.")
     degraded: bool = Field(default=False, description="True when no tier decided and the label is a cheaper "
                            "tier's fallback (see TierResult.fallback_label); `error` then says why.")
+    mode: Literal["cascade", "all", "single"] = Field(
+        default="cascade", description="How the tiers were run (judge.cascade.CascadeMode).")
+    ledger: list[LedgerEntry] = Field(
+        default_factory=list, description="Every tier of the plan, in order: whether it ran, what it said, and "
+        "its tokens, money and seconds. Empty on a combined multi-rubric verdict (see rubric_results).")
 
     @property
     def is_error(self) -> bool:

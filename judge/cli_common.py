@@ -1,0 +1,157 @@
+"""What the psyjudge commands share: exit codes, the error exit, and the options that choose rubrics,
+the judge and the cascade, so that score, eval and probe take them the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
+
+import typer
+from pydantic import SecretStr, ValidationError
+
+from judge.judges import JudgeSelectionError, choose_judge, open_judge
+from judge.local_judge import LocalJudgeError
+from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
+from judge.rubrics import Rubric, RubricError, load_rubric
+
+if TYPE_CHECKING:
+    from judge.cascade import CascadeConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+
+RubricsDir = Annotated[list[Path] | None, typer.Option(
+    "--rubrics-dir", help="Extra folder of rubric folders, searched before the built-ins.")]
+
+
+def _check_classifier(model: str | None, runtime: Literal["torch", "onnx", "onnx-int8"]) -> None:
+    """Fail before the run, not on every record, when the classifier tier cannot load."""
+    from judge.classifier.backends import ClassifierUnavailable
+    from judge.classifier.bundle import BundleError
+    from judge.classifier.model import check_loadable
+
+    try:
+        check_loadable(Path(model) if model else None, runtime)
+    except (ClassifierUnavailable, BundleError) as exc:
+        _fail(f"classifier tier: {exc} (or leave the tier out: --tiers rules,llm)", EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:
+    try:
+        return load_rubric(ref, dirs or [])
+    except RubricError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _judge_options(api_base: str | None, api_key: str | None, concurrency: int, max_attempts: int,
+                   timeout: float, cache_dir: Path | None, no_cache: bool) -> dict[str, Any]:
+    return {"api_base": api_base, "api_key": SecretStr(api_key) if api_key else None, "concurrency": concurrency,
+            "max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache}
+
+
+@contextlib.contextmanager
+def _judge(judge: str | None, options: dict[str, Any], rubrics: list[Rubric]) -> Iterator[tuple[JudgeConfig, str]]:
+    """The chosen judge's config, with a local server running while the block runs. Every way a
+    judge cannot be had is a usage error (exit 2) with the reason and the fix."""
+    from judge.tiers.llm import prompt_chars
+
+    try:
+        choice = choose_judge(judge)
+        with open_judge(choice, prompt_chars(rubrics), **options) as config:
+            yield config, choice.description
+    except (JudgeSelectionError, LocalJudgeError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", EXIT_USAGE)
+
+
+JudgeOpt = Annotated[str | None, typer.Option(
+    "--judge", "-j", help="A litellm model string, 'local' for the embedded judge, or a .gguf path. Default: "
+    "the embedded judge when no provider key is set and psyjudge[local] is installed.")]
+ApiBaseOpt = Annotated[str | None, typer.Option("--api-base", envvar=API_BASE_ENV,
+                                                help="Base URL of an OpenAI-compatible server.")]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar=API_KEY_ENV, show_default=False,
+                                               help="API key; otherwise the provider's own variable.")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", min=1, max=1024,
+                                             help="Judge calls in flight per provider.")]
+AttemptsOpt = Annotated[int, typer.Option("--max-attempts", min=1, max=20,
+                                          help="Tries per call on 429 / 5xx / timeouts.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds per judge call.")]
+CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Judge reply cache (0700).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the reply cache.")]
+
+
+@contextlib.contextmanager
+def _no_judge(options: dict[str, Any]) -> Iterator[tuple[JudgeConfig, str]]:
+    """For a rules-only run: no model is started or called."""
+    yield JudgeConfig(model="none", **{k: v for k, v in options.items() if k not in ("api_base", "api_key")}), \
+        "none (rules tier only)"
+
+
+# --- the cascade ----------------------------------------------------------------------------------
+
+TiersOpt = Annotated[str | None, typer.Option(
+    "--tiers", help="Tiers to run, cheapest first, comma-separated, from rules, classifier, llm (default: "
+    "rules,llm, or rules,classifier,llm when --classifier-model is given). Without llm no judge model is "
+    "used; a record no tier decides gets the most severe fallback label, marked degraded.")]
+ModeOpt = Annotated[str, typer.Option(
+    "--mode", help="cascade: cheapest first, the LLM only when the cheaper tiers are unsure. all: every tier on "
+    "every record, the LLM's label kept, to compare the tiers. rules, classifier or llm: that tier alone.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="When a tier fails (the judge after its retries), leave the record ERROR instead of "
+    "falling back, degraded, to a cheaper tier's answer.")]
+RulesThresholdOpt = Annotated[float, typer.Option(
+    "--rules-threshold", min=0.0, max=1.0, help="Confidence the rules tier needs to decide without the judge.")]
+NoProgramsOpt = Annotated[bool, typer.Option("--no-programs", help="Do not run the rubrics' saved judging "
+                                             "programs in the rules tier.")]
+ClassifierModelOpt = Annotated[Path | None, typer.Option(
+    "--classifier-model", help="The classifier tier's model folder (default: the shipped head; "
+    "see `psyjudge classifier info`).")]
+ClassifierRuntimeOpt = Annotated[str, typer.Option(
+    "--classifier-runtime", help="torch, onnx or onnx-int8 (after `psyjudge classifier export-onnx`).")]
+
+MODES = ("cascade", "all", "rules", "classifier", "llm")
+
+
+def build_plan(tiers: str | None, mode: str, strict: bool, rules_threshold: float, no_programs: bool,
+               classifier_model: Path | None, classifier_runtime: str) -> CascadeConfig:
+    """The cascade the options describe, or a usage error naming the option at fault."""
+    from judge.cascade import CascadeConfig
+
+    if mode not in MODES:
+        _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}", EXIT_USAGE)
+    if tiers is None:
+        if mode in ("rules", "classifier", "llm"):
+            tiers = mode
+        else:
+            tiers = "rules,classifier,llm" if classifier_model is not None else "rules,llm"
+    names = [t.strip() for t in tiers.split(",") if t.strip()]
+    try:
+        thresholds = {"rules": rules_threshold} if "rules" in names else {}
+        plan = CascadeConfig.model_validate({
+            "tiers": names, "mode": mode, "strict": strict, "thresholds": thresholds, "programs": not no_programs,
+            "classifier_model": str(classifier_model) if classifier_model else None,
+            "classifier_runtime": classifier_runtime})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "--classifier-runtime" if first["loc"] and first["loc"][0] == "classifier_runtime" else "--tiers"
+        _fail(f"{where}: {first['msg']} (tiers: a comma-separated list of rules, classifier, llm)", EXIT_USAGE)
+    if "classifier" in plan.tiers:
+        _check_classifier(plan.classifier_model, plan.classifier_runtime)
+    elif classifier_model is not None:
+        _fail("--classifier-model names a model but --tiers leaves the classifier out", EXIT_USAGE)
+    return plan
+
+
+def judging(plan: CascadeConfig, judge: str | None, options: dict[str, Any],
+            rubrics: list[Rubric]) -> contextlib.AbstractContextManager[tuple[JudgeConfig, str]]:
+    """The judge a plan needs: started (a local server) when it runs the LLM tier, none otherwise."""
+    return _judge(judge, options, rubrics) if plan.uses_llm else _no_judge(options)
