@@ -334,6 +334,14 @@ def doctor(
     raise typer.Exit(EXIT_OK if all(c.ok for c in checks if c.name in needed) else EXIT_FAILED)
 
 
+# Commands that live in their own modules, added last so that each can import the shared options.
+from judge import cli_eval, cli_probe, cli_report  # noqa: E402
+
+cli_eval.register(app)
+cli_probe.register(app)
+cli_report.register(app)
+
+
 def main() -> None:
     app()
 
