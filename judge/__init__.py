@@ -9,10 +9,16 @@ import os
 # before anything can import litellm, so that using psyjudge never reaches out by surprise.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from judge.cascade import Cascade, combine_verdicts
+from judge.cascade import Cascade, CascadeConfig, combine_verdicts
 from judge.datasets import LabelledRow, check_labelled, read_labelled
+from judge.evaluation import EvalError, evaluate_run
+from judge.gate import GateError, GatePolicy, load_policy, run_gate
 from judge.ingest import ColumnMap, InputError, read_records
+from judge.ledger import CascadeSummary, summarise_ledgers
 from judge.models import JudgeCallError, JudgeConfig, JudgeModel
+from judge.outputs import EvalReport, ProbeReport
+from judge.probes import run_probes
+from judge.report import ReportError, write_report
 from judge.resource_check import NumberCheck, check_numbers
 from judge.resources import Registry, load_registry, normalise_region
 from judge.rubrics import Rubric, RubricError, available_rubrics, load_rubric
@@ -36,7 +42,13 @@ __all__ = [
     "Answer",
     "AnswerValue",
     "Cascade",
+    "CascadeConfig",
+    "CascadeSummary",
     "ColumnMap",
+    "EvalError",
+    "EvalReport",
+    "GateError",
+    "GatePolicy",
     "InputError",
     "JudgeCallError",
     "JudgeConfig",
@@ -45,9 +57,11 @@ __all__ = [
     "Label",
     "LabelledRow",
     "NumberCheck",
+    "ProbeReport",
     "Record",
     "RecordMeta",
     "Registry",
+    "ReportError",
     "Rubric",
     "RubricError",
     "SubQuestion",
@@ -58,11 +72,17 @@ __all__ = [
     "check_labelled",
     "check_numbers",
     "combine_verdicts",
+    "evaluate_run",
+    "load_policy",
     "load_registry",
     "load_rubric",
     "normalise_region",
     "read_labelled",
     "read_records",
+    "run_gate",
+    "run_probes",
     "run_score",
     "score_frame",
+    "summarise_ledgers",
+    "write_report",
 ]

@@ -445,6 +445,9 @@ def run_score(
 
         write_text_atomic(out_dir / RECORD_VERDICTS_FILE, lines())
         summary["by_record"] = dict(by_record)
+    else:
+        # One rubric: results.jsonl is per record; a combined file left by an earlier run is stale.
+        (out_dir / RECORD_VERDICTS_FILE).unlink(missing_ok=True)
     write_json_atomic(out_dir / SUMMARY_FILE, summary)
     return RunOutcome(out_dir, summary)
 
