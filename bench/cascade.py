@@ -43,7 +43,7 @@ import random
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,6 +198,57 @@ def one_run(name: str, plan: CascadeConfig, sample_csv: Path, rubrics: list[Rubr
             "ledger": ledger, "eval": json.loads(report.model_dump_json())}
 
 
+SWEEP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+
+
+def threshold_sweep(all_run: Path, folder: Path, sample_csv: Path, own: dict[str, float | None]) -> dict[str, Any]:
+    """What other classifier thresholds would have done, simulated from the `all` run (where every tier
+    answered every record): a record's label is HARMFUL where the rules tier was sure of HARMFUL under a
+    rubric, else the classifier's SAFE or HARMFUL where its calibrated confidence reaches the threshold
+    (its label is the same under every rubric), else the LLM's; the LLM is asked unless the classifier
+    decides or the rules tier decided every rubric. At the model's own thresholds this is the `cascade`
+    run, which checks the simulation."""
+    from sklearn.metrics import cohen_kappa_score, f1_score
+
+    from judge.classifier.inputs import model_input
+    from judge.classifier.model import Classifier
+
+    records = read_records(sample_csv).records
+    predictions = Classifier.load(folder).predict([model_input(r) for r in records])
+    reference = record_labels(all_run)
+    rules_sure: dict[str, set[str]] = defaultdict(set)
+    with open(all_run / "results.jsonl", encoding="utf-8") as handle:
+        for row in map(json.loads, handle):
+            first = row["ledger"][0]
+            if first["tier"] == "rules" and first["stops"] and first["label"]:
+                rules_sure[row["record_id"]].add(first["label"])
+    gold = [str(r.meta.extra["gold_label"]) for r in records]
+
+    def simulate(cut: dict[str, float | None]) -> dict[str, Any]:
+        labels, asked = [], 0
+        for i, record in enumerate(records):
+            guess = str(predictions.label(i))
+            limit = cut.get(guess)
+            decided = limit is not None and float(predictions.confidence[i]) >= limit
+            if "HARMFUL" in rules_sure[record.id]:
+                labels.append("HARMFUL")
+            elif decided:
+                labels.append(guess)
+            else:
+                labels.append(reference[record.id])
+            asked += not decided and len(rules_sure[record.id]) < len(RUBRICS)
+        present = sorted(set(gold) | set(labels))
+        order = ["SAFE", "BORDERLINE", "HARMFUL"]
+        return {"llm_record_share": asked / len(records),
+                "macro_f1": float(f1_score(gold, labels, labels=present, average="macro", zero_division=0)),
+                "kappa": float(cohen_kappa_score([order.index(g) for g in gold], [order.index(x) for x in labels])),
+                "agreement_with_llm_only": sum(x == reference[r.id] for x, r in zip(labels, records, strict=True))
+                / len(records)}
+
+    return {"own_thresholds": {"thresholds": own, **simulate(own)},
+            "uniform": [{"threshold": t, **simulate({"SAFE": t, "HARMFUL": t})} for t in SWEEP]}
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pool = development_pool()
     sample = stratified_sample(pool, args.records, args.seed)
@@ -229,6 +280,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with FakeOpenAIServer(responder=judge) as server:
         for name, plan in plans.items():
             runs[name] = one_run(name, plan, sample_csv, rubrics, server.base_url, work)
+    sweep = threshold_sweep(Path(runs["all"]["folder"]), trained.folder, sample_csv,
+                            {k: v for k, v in manifest.thresholds.threshold.items() if k != "BORDERLINE"})
     reference = record_labels(Path(runs["all"]["folder"]))
     for item in runs.values():
         labels = record_labels(Path(item["folder"]))
@@ -244,7 +297,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rubrics": list(RUBRICS), "judge": {"model": MODEL, "kind": "loopback fake that knows the human label",
                                             "error_rate": args.judge_error_rate, "flipped_records": len(judge.flipped),
                                             "unknown_prompts": judge.unknown},
-        "classifier": classifier, "runs": runs,
+        "classifier": classifier, "runs": runs, "threshold_sweep": sweep,
         "targets": {"llm_record_share_at_most": TARGET_LLM_SHARE, "macro_f1_within": TARGET_F1_GAP},
     }
 
@@ -308,6 +361,25 @@ def markdown(report: dict[str, Any]) -> str:
         shares = {t["tier"]: t["decided_share"] for t in item["ledger"]["by_tier"]}
         cells = " | ".join(f"{shares.get(t['tier'], 0.0):.1%}" for t in runs["cascade"]["ledger"]["by_tier"])
         lines.append(f"| {name} | {cells} | {item['ledger']['llm_calls_avoided']} |")
+    sw = report["threshold_sweep"]
+    own = sw["own_thresholds"]
+    lines += [
+        "",
+        "## Other classifier thresholds (simulated from the `all` run)",
+        "",
+        "Every tier answered every record in the `all` run, so the cascade at another threshold can be replayed "
+        "without another call: HARMFUL where the rules tier was sure of it, else the classifier's SAFE / HARMFUL "
+        "where its calibrated confidence reaches the threshold, else the LLM's label. At the model's own thresholds "
+        f"the replay gives LLM share {own['llm_record_share']:.1%} and macro-F1 {own['macro_f1'] * 100:.1f} (the "
+        f"`cascade` run measured {cascade['ledger']['llm_record_share']:.1%} and "
+        f"{cascade['eval']['macro_f1']['value'] * 100:.1f}).",
+        "",
+        "| threshold (SAFE and HARMFUL) | records sent to the LLM | macro-F1 | kappa | agrees with LLM-only |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in sw["uniform"]:
+        lines.append(f"| {row['threshold']:.2f} | {row['llm_record_share']:.1%} | {row['macro_f1'] * 100:.1f} | "
+                     f"{row['kappa'] * 100:.1f} | {row['agreement_with_llm_only']:.1%} |")
     lines += ["", "## Labels changed against LLM-only (record level)", ""]
     for name, item in runs.items():
         if name != "all":
