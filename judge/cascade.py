@@ -92,7 +92,9 @@ class CascadeConfig(Strict):
 
     @property
     def run_mode(self) -> RunMode:
-        return "single" if self.mode in TIER_ORDER else self.mode  # type: ignore[return-value]
+        if self.mode == "cascade" or self.mode == "all":
+            return self.mode
+        return "single"
 
     def effective_thresholds(self) -> dict[str, float]:
         merged: dict[str, float] = {t: DEFAULT_THRESHOLDS[t] for t in self.tiers if t in DEFAULT_THRESHOLDS}
