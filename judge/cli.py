@@ -25,11 +25,14 @@ from judge.cli_common import (
     CacheDirOpt,
     ClassifierModelOpt,
     ClassifierRuntimeOpt,
+    ColumnOpt,
     ConcurrencyOpt,
+    FormatOpt,
     JudgeOpt,
     ModeOpt,
     NoCacheOpt,
     NoProgramsOpt,
+    ProgressOpt,
     RubricsDir,
     RulesThresholdOpt,
     StrictOpt,
@@ -40,11 +43,12 @@ from judge.cli_common import (
     _judge_options,
     _rubric,
     build_plan,
+    input_columns,
     judging,
 )
 from judge.cli_programs import programs_app, rules_app
 from judge.cli_resources import app as resources_app
-from judge.ingest import ColumnMap, InputError
+from judge.ingest import InputError
 from judge.rubrics import RubricError, available_rubrics, check_examples, load_rubric
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -70,15 +74,13 @@ def score(
         "--workers", min=1, max=64, help="Processes sharing the run (default: one per 8 calls in flight, "
         "up to twice the cores); the concurrency limit is split between them.")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rescore ERROR verdicts.")] = False,
-    column: Annotated[list[str] | None, typer.Option(
-        "--column", help="Map a field to an input column, e.g. --column response=answer.")] = None,
-    input_format: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet.")] = None,
+    column: ColumnOpt = None,
+    input_format: FormatOpt = None,
     max_attempts: AttemptsOpt = 4,
     timeout: TimeoutOpt = 120.0,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-                                                  help="Progress bar (default: on a terminal).")] = None,
+    progress: ProgressOpt = None,
     show: Annotated[bool | None, typer.Option("--show/--no-show", help="Print each verdict with its evidence "
                                               "(default: when at most 25 were scored).")] = None,
     tiers: TiersOpt = None,
@@ -94,12 +96,7 @@ def score(
     summary.json to --out. A rerun resumes."""
     from judge.runner import run_score  # pandas and asyncio machinery only when scoring
 
-    if input_format is not None and input_format not in ("jsonl", "csv", "parquet"):
-        _fail(f"--format: expected jsonl, csv or parquet, got {input_format!r}", EXIT_USAGE)
-    try:
-        columns = ColumnMap.from_pairs(column or [])
-    except ValueError as exc:
-        _fail(f"--column: {exc}", EXIT_USAGE)
+    columns = input_columns(column, input_format)
     plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 import typer
 from pydantic import SecretStr, ValidationError
 
+from judge.ingest import ColumnMap
 from judge.judges import JudgeSelectionError, choose_judge, open_judge
 from judge.local_judge import LocalJudgeError
 from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
@@ -87,6 +88,21 @@ AttemptsOpt = Annotated[int, typer.Option("--max-attempts", min=1, max=20,
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds per judge call.")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Judge reply cache (0700).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the reply cache.")]
+ColumnOpt = Annotated[list[str] | None, typer.Option(
+    "--column", help="Map a field to an input column, e.g. --column response=answer.")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet.")]
+ProgressOpt = Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                  help="Progress bar (default: on a terminal).")]
+
+
+def input_columns(column: list[str] | None, input_format: str | None = None) -> ColumnMap:
+    """The --column mapping, with --format checked too: a usage error naming the option at fault."""
+    if input_format is not None and input_format not in ("jsonl", "csv", "parquet"):
+        _fail(f"--format: expected jsonl, csv or parquet, got {input_format!r}", EXIT_USAGE)
+    try:
+        return ColumnMap.from_pairs(column or [])
+    except ValueError as exc:
+        _fail(f"--column: {exc}", EXIT_USAGE)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from judge.cli_common import (
     ModeOpt,
     NoCacheOpt,
     NoProgramsOpt,
+    ProgressOpt,
     RubricsDir,
     RulesThresholdOpt,
     StrictOpt,
@@ -38,6 +39,7 @@ from judge.cli_common import (
     _judge_options,
     _rubric,
     build_plan,
+    input_columns,
     judging,
 )
 from judge.ingest import ColumnMap, InputError
@@ -87,8 +89,7 @@ def eval_command(
     timeout: TimeoutOpt = 120.0,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-                                                  help="Progress bar (default: on a terminal).")] = None,
+    progress: ProgressOpt = None,
     tiers: TiersOpt = None,
     mode: ModeOpt = "cascade",
     strict: StrictOpt = False,
@@ -113,10 +114,7 @@ def eval_command(
         run_dir = input_path
     else:
         run_dir = out or EVAL_ROOT / (input_path.stem + (f"-sample{sample}-seed{seed}" if sample else ""))
-        try:
-            columns = ColumnMap.from_pairs(column or [])
-        except ValueError as exc:
-            _fail(f"--column: {exc}", EXIT_USAGE)
+        columns = input_columns(column)
         plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
         if rubric:
             rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]

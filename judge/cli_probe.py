@@ -17,11 +17,14 @@ from judge.cli_common import (
     CacheDirOpt,
     ClassifierModelOpt,
     ClassifierRuntimeOpt,
+    ColumnOpt,
     ConcurrencyOpt,
+    FormatOpt,
     JudgeOpt,
     ModeOpt,
     NoCacheOpt,
     NoProgramsOpt,
+    ProgressOpt,
     RubricsDir,
     RulesThresholdOpt,
     StrictOpt,
@@ -31,9 +34,10 @@ from judge.cli_common import (
     _judge_options,
     _rubric,
     build_plan,
+    input_columns,
     judging,
 )
-from judge.ingest import ColumnMap, InputError, read_records
+from judge.ingest import InputError, read_records
 from judge.outputs import PROBES_FILE
 
 
@@ -53,9 +57,8 @@ def probe(
     seed: Annotated[int, typer.Option("--seed", help="Seed of --sample.")] = 0,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rejudge ERROR verdicts of an earlier "
                                                "run.")] = False,
-    column: Annotated[list[str] | None, typer.Option(
-        "--column", help="Map a field to an input column, e.g. --column response=answer.")] = None,
-    input_format: Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet.")] = None,
+    column: ColumnOpt = None,
+    input_format: FormatOpt = None,
     judge: JudgeOpt = None,
     api_base: ApiBaseOpt = None,
     api_key: ApiKeyOpt = None,
@@ -64,8 +67,7 @@ def probe(
     timeout: TimeoutOpt = 120.0,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
-                                                  help="Progress bar (default: on a terminal).")] = None,
+    progress: ProgressOpt = None,
     tiers: TiersOpt = None,
     mode: ModeOpt = "cascade",
     strict: StrictOpt = False,
@@ -85,12 +87,7 @@ def probe(
         names = parse_probes(probes)
     except ValueError as exc:
         _fail(f"--probes: {exc}", EXIT_USAGE)
-    if input_format is not None and input_format not in ("jsonl", "csv", "parquet"):
-        _fail(f"--format: expected jsonl, csv or parquet, got {input_format!r}", EXIT_USAGE)
-    try:
-        columns = ColumnMap.from_pairs(column or [])
-    except ValueError as exc:
-        _fail(f"--column: {exc}", EXIT_USAGE)
+    columns = input_columns(column, input_format)
     plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     try:
