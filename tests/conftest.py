@@ -42,7 +42,8 @@ def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
     # Keep every run's cache and keys out of the developer's home directory and environment.
     monkeypatch.setenv("PSYJUDGE_CACHE_DIR", str(tmp_path / "judge-cache"))
-    for var in (*PROVIDER_KEY_VARS, "PSYJUDGE_API_BASE", "PSYJUDGE_RUBRICS_PATH"):
+    for var in (*PROVIDER_KEY_VARS, "PSYJUDGE_API_BASE", "PSYJUDGE_RUBRICS_PATH", "PSYJUDGE_TARGET_API_BASE",
+                "PSYJUDGE_TARGET_API_KEY", "PSYJUDGE_SIMULATOR_API_BASE", "PSYJUDGE_SIMULATOR_API_KEY"):
         monkeypatch.delenv(var, raising=False)
 
 
