@@ -12,6 +12,10 @@ and what it cost (calls, tokens, money, seconds). judge.ledger sums the ledgers 
 
 A record judged under several rubrics gets one combined verdict: the most severe label among the
 rubrics that apply to it, with every rubric's own verdict kept inside.
+
+When the LLM judge is sampled (JudgeConfig.samples > 1) and decides, the verdict carries its
+agreement (judge.schema.Agreement); samples change nothing else here: the cheaper tiers run once,
+and in mode `all` the LLM still decides.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from pydantic import Field, model_validator
 from judge.rubrics import Rubric
 from judge.schema import (
     ERROR,
+    SEVERITY,
+    Agreement,
     Label,
     LedgerEntry,
     LedgerOutcome,
@@ -229,10 +235,9 @@ class Cascade:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             mode=self.mode,
             ledger=ledger,
+            # Only a deciding tier's agreement describes the label; a fallback is not the sampled judge's.
+            agreement=decided.agreement if decided is not None else None,
         )
-
-
-SEVERITY: dict[Label, int] = {Label.SAFE: 0, Label.BORDERLINE: 1, Label.HARMFUL: 2}
 
 
 def combine_verdicts(parts: Sequence[Verdict]) -> Verdict:
@@ -276,4 +281,15 @@ def combine_verdicts(parts: Sequence[Verdict]) -> Verdict:
         created_at=max(p.created_at for p in parts),
         rubric_results=list(parts),
         degraded=any(p.degraded for p in parts),
+        agreement=_combined_agreement(parts),
     )
+
+
+def _combined_agreement(parts: Sequence[Verdict]) -> Agreement | None:
+    """The least reproducible rubric verdict speaks for the record: the agreement with the lowest
+    rate, flagged for review when any rubric verdict is."""
+    sampled = [p.agreement for p in parts if p.agreement is not None]
+    if not sampled:
+        return None
+    lowest = min(sampled, key=lambda a: a.rate)
+    return lowest.model_copy(update={"review": any(a.review for a in sampled)})

@@ -52,9 +52,24 @@ def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:
 
 
 def _judge_options(api_base: str | None, api_key: str | None, concurrency: int, max_attempts: int,
-                   timeout: float, cache_dir: Path | None, no_cache: bool) -> dict[str, Any]:
+                   timeout: float, cache_dir: Path | None, no_cache: bool, *, samples: int = 1,
+                   sample_temperature: float | None = None, review_below: float | None = None) -> dict[str, Any]:
+    """The JudgeConfig fields the options give. The sampling options are checked here, against
+    JudgeConfig's own bounds, so that a bad value is a usage error naming the option even on a run
+    that starts no judge."""
+    sampling: dict[str, Any] = {"samples": samples}
+    if sample_temperature is not None:
+        sampling["sample_temperature"] = sample_temperature
+    if review_below is not None:
+        sampling["review_below"] = review_below
+    try:
+        JudgeConfig.model_validate({"model": "options", **sampling})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", EXIT_USAGE)
     return {"api_base": api_base, "api_key": SecretStr(api_key) if api_key else None, "concurrency": concurrency,
-            "max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache}
+            "max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache,
+            **sampling}
 
 
 @contextlib.contextmanager
@@ -88,6 +103,16 @@ AttemptsOpt = Annotated[int, typer.Option("--max-attempts", min=1, max=20,
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds per judge call.")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Judge reply cache (0700).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the reply cache.")]
+SamplesOpt = Annotated[int, typer.Option(
+    "--samples", min=1, max=25, help="Ask the LLM judge this many times per record at --sample-temperature; the "
+    "label is the majority (a tie goes to the more severe label) and each verdict records the agreement. "
+    "Costs N times the LLM calls for the records the LLM judges; the cheaper tiers are unaffected.")]
+SampleTemperatureOpt = Annotated[float | None, typer.Option(
+    "--sample-temperature", min=0.0, max=2.0, show_default="0.7",
+    help="Temperature of each sample when --samples > 1 (above 0).")]
+ReviewBelowOpt = Annotated[float | None, typer.Option(
+    "--review-below", min=0.0, max=1.0, show_default="0.75",
+    help="Flag a sampled verdict for human review when its agreement is under this (or its labels tie).")]
 ColumnOpt = Annotated[list[str] | None, typer.Option(
     "--column", help="Map a field to an input column, e.g. --column response=answer.")]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet.")]

@@ -242,6 +242,11 @@ class RunRow:
     degraded: bool
     tier: str
     extra: Mapping[str, Any]
+    agreement: float | None = None
+    """The sampled judge's agreement rate (judge.schema.Agreement); None when it was asked once, a
+    cheaper tier decided, or the row predates sampling."""
+    review: bool | None = None
+    """Whether the sampled verdict is flagged for human review; None when not sampled."""
 
     @property
     def is_error(self) -> bool:
@@ -264,8 +269,10 @@ def _tier(decided_by: object) -> str:
 
 def _row(raw: Mapping[str, Any]) -> RunRow:
     meta = raw.get("meta") or {}
+    sampled = raw.get("agreement")
+    rate, review = (float(sampled["rate"]), bool(sampled["review"])) if isinstance(sampled, Mapping) else (None, None)
     return RunRow(str(raw["record_id"]), str(raw["label"]), bool(raw.get("degraded", False)),
-                  _tier(raw.get("decided_by")), dict(meta.get("extra") or {}))
+                  _tier(raw.get("decided_by")), dict(meta.get("extra") or {}), rate, review)
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -450,6 +457,12 @@ def evaluate_run(run_dir: Path, gold_column: str, *, category_column: str | None
                      "the llm tier); rescore them with the judge: psyjudge score --retry-errors")
     if not gold:
         notes.append("no row could be scored: every labelled row is ERROR or degraded; the figures are undefined")
+    sampled = [row for row in rows if row.agreement is not None]
+    if sampled:
+        flagged = sum(bool(row.review) for row in sampled)
+        notes.append(f"{len(sampled)} verdict(s) by the sampled judge: mean agreement "
+                     f"{sum(row.agreement or 0.0 for row in sampled) / len(sampled):.3f}, {flagged} flagged for review "
+                     "(their majority label is in the figures)")
     by_category: list[Breakdown] = []
     if category_column is not None:
         if any(category_column in row.extra for row in rows):

@@ -2,7 +2,8 @@
 calls the cheaper tiers saved, and what 1,000 records cost against asking the LLM about every one.
 
 Every verdict carries its own ledger (judge.schema.LedgerEntry, one line per tier of the plan); this
-module only adds them up, so the summary of a run is a pure function of its results.jsonl.
+module only adds them up, so the summary of a run is a pure function of its results.jsonl. The same
+goes for the agreement of sampled verdicts (judge.schema.Agreement): summarise_agreement adds it up.
 """
 
 from __future__ import annotations
@@ -189,3 +190,56 @@ def summarise_ledgers(ledgers: Iterable[tuple[str, Sequence[TierSpend]]], *, mod
         llm_records=len(llm_records), llm_record_share=len(llm_records) / n_records if n_records else None,
         llm_calls_avoided=avoided, per_1k_records=per_1k, llm_only_per_1k_records=llm_only,
         llm_only_basis=basis, cost_saving_share=saving)
+
+
+# --- sampled verdicts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SampleVote:
+    """A sampled verdict's agreement, as little of it as a summary needs."""
+
+    rate: float
+    review: bool
+    tie: bool
+    failed: int
+
+
+def vote_of(row: Mapping[str, Any]) -> SampleVote | None:
+    """The agreement of a verdict row (a results.jsonl line as a dict); None when the judge was not
+    sampled, or for a row written before agreements existed."""
+    found = row.get("agreement")
+    if not isinstance(found, Mapping):
+        return None
+    return SampleVote(float(found["rate"]), bool(found.get("review", False)), bool(found.get("tie", False)),
+                      int(found.get("failed", 0)))
+
+
+class AgreementSummary(Strict):
+    """How reproducible the sampled verdicts of a run are."""
+
+    samples: int = Field(description="Samples per LLM judgement asked for in this run (1: not sampled).")
+    sampled_verdicts: int = Field(description="Verdicts that the sampled LLM judge decided.")
+    mean_rate: float | None = Field(description="Mean agreement rate over them; None when there are none.")
+    below_threshold: int = Field(description="Sampled verdicts flagged for review: agreement under review_below, "
+                                 "or a tie.")
+    review_below: float
+    ties: int = Field(description="Sampled verdicts whose top labels tied (the most severe was taken).")
+    failed_samples: int = Field(description="Samples that gave no vote (call failed, or the reply stayed malformed).")
+    by_rate: dict[str, int] = Field(description="Agreement rate (2 decimals) -> verdicts, highest first.")
+
+
+def summarise_agreement(votes: Iterable[SampleVote | None], *, samples: int,
+                        review_below: float) -> AgreementSummary:
+    """Sum the agreements of a run's verdicts (None for a verdict that was not sampled)."""
+    sampled = [v for v in votes if v is not None]
+    by_rate: dict[float, int] = {}
+    for vote in sampled:
+        key = round(vote.rate, 2)
+        by_rate[key] = by_rate.get(key, 0) + 1
+    return AgreementSummary(
+        samples=samples, sampled_verdicts=len(sampled),
+        mean_rate=round(sum(v.rate for v in sampled) / len(sampled), 6) if sampled else None,
+        below_threshold=sum(v.review for v in sampled), review_below=review_below,
+        ties=sum(v.tie for v in sampled), failed_samples=sum(v.failed for v in sampled),
+        by_rate={str(rate): count for rate, count in sorted(by_rate.items(), reverse=True)})

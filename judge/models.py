@@ -26,6 +26,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 API_KEY_ENV = "PSYJUDGE_API_KEY"
 API_BASE_ENV = "PSYJUDGE_API_BASE"
+DEFAULT_REVIEW_BELOW = 0.75
+"""Agreement under which a sampled verdict is flagged for review: 2 of 3 samples (0.67) is flagged,
+3 of 4 (0.75) is not."""
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 
 
@@ -37,6 +40,13 @@ class JudgeConfig(Strict):
     api_base: str | None = None
     api_key: SecretStr | None = None
     temperature: float = 0.0
+    samples: int = Field(default=1, ge=1, le=25, description="How many times the LLM tier asks the judge per "
+                         "record and rubric; above 1 the label is the majority and its agreement is recorded.")
+    sample_temperature: float = Field(default=0.7, gt=0, le=2, description="The temperature of each sample when "
+                                      "samples > 1 (identical samples at temperature 0 would measure nothing); "
+                                      "with one sample `temperature` applies.")
+    review_below: float = Field(default=DEFAULT_REVIEW_BELOW, ge=0, le=1, description="A sampled verdict whose "
+                                "agreement rate is under this (or whose labels tie) is flagged for human review.")
     max_tokens: int = Field(default=2048, ge=16)
     timeout_s: float = Field(default=120.0, gt=0)
     max_attempts: int = Field(default=4, ge=1, le=20)
@@ -170,10 +180,11 @@ class JudgeModel:
             sem = self._semaphores[self.provider] = asyncio.Semaphore(self.config.concurrency)
         return sem
 
-    def params(self, response_format: dict[str, Any] | None) -> dict[str, Any]:
-        """The parameters that change an answer, and so enter the cache key."""
-        params: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens,
-                                  **self.config.litellm_params}
+    def params(self, response_format: dict[str, Any] | None, temperature: float | None = None) -> dict[str, Any]:
+        """The parameters that change an answer, and so enter the cache key. `temperature` overrides
+        the configured one (the LLM tier's samples use `sample_temperature`)."""
+        params: dict[str, Any] = {"temperature": self.config.temperature if temperature is None else temperature,
+                                  "max_tokens": self.config.max_tokens, **self.config.litellm_params}
         if response_format is not None and self.config.structured_output:
             params["response_format"] = response_format
         return params
@@ -187,12 +198,13 @@ class JudgeModel:
         return min(backoff * (0.5 + random.random()), self.config.retry_max_wait_s)
 
     async def complete(
-        self, messages: list[dict[str, str]], response_format: dict[str, Any] | None, scope: str
+        self, messages: list[dict[str, str]], response_format: dict[str, Any] | None, scope: str,
+        temperature: float | None = None,
     ) -> ModelReply:
-        """One judged answer. `scope` (the rubric id@version) enters the cache key. The reply is
-        not cached here: the caller stores it with remember() once it has validated it, so that a
-        malformed reply is never served from the cache."""
-        params = self.params(response_format)
+        """One judged answer. `scope` (the rubric id@version, and the sample index of a sampled
+        judgement) enters the cache key. The reply is not cached here: the caller stores it with
+        remember() once it has validated it, so that a malformed reply is never served from the cache."""
+        params = self.params(response_format, temperature)
         key = cache_key(model=self.config.model, messages=messages, params=params, scope=scope)
         if self.cache is not None:
             hit = self.cache.get(key)

@@ -27,8 +27,8 @@ from judge.atomic import write_text_atomic
 from judge.cascade import Cascade, CascadeConfig, combine_verdicts
 from judge.datasets import LabelledRow
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
-from judge.ledger import TierSpend, spends_of, summarise_ledgers
-from judge.models import JudgeConfig, JudgeModel
+from judge.ledger import SampleVote, TierSpend, spends_of, summarise_agreement, summarise_ledgers, vote_of
+from judge.models import DEFAULT_REVIEW_BELOW, JudgeConfig, JudgeModel
 from judge.rubrics import Rubric, example_records
 from judge.schema import ERROR, Record, Verdict
 from judge.tiers.base import Tier
@@ -65,6 +65,8 @@ class _Done:
     """Where the verdict's line starts in results.jsonl, to read it back without holding it."""
     degraded: bool = False
     spends: tuple[TierSpend, ...] = ()
+    vote: SampleVote | None = None
+    """The agreement of a sampled verdict (rate, review flag); None when the judge was asked once."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any], offset: int) -> _Done:
@@ -72,7 +74,8 @@ class _Done:
         return cls(row["label"], row["rubric"], row["record_sha256"], row["rubric_sha256"],
                    row.get("decided_by"), row.get("error"), int(usage.get("input_tokens", 0)),
                    int(usage.get("output_tokens", 0)), float(usage.get("cost_usd", 0.0)),
-                   bool(usage.get("cost_known", True)), offset, bool(row.get("degraded", False)), spends_of(row))
+                   bool(usage.get("cost_known", True)), offset, bool(row.get("degraded", False)), spends_of(row),
+                   vote_of(row))
 
 
 @dataclass
@@ -147,7 +150,8 @@ class ResultsStore:
         self.done[(verdict.record_id, verdict.rubric)] = _Done(
             verdict.label_name, verdict.rubric, verdict.record_sha256, verdict.rubric_sha256,
             verdict.decided_by, verdict.error, u.input_tokens, u.output_tokens, u.cost_usd, u.cost_known,
-            offset, verdict.degraded, spends_of({"ledger": [e.model_dump() for e in verdict.ledger]}))
+            offset, verdict.degraded, spends_of({"ledger": [e.model_dump() for e in verdict.ledger]}),
+            vote_of({"agreement": verdict.agreement.model_dump() if verdict.agreement else None}))
 
 
 def read_verdicts(out_dir: Path) -> Iterator[dict[str, Any]]:
@@ -229,8 +233,9 @@ def build_cascade(config: JudgeConfig, plan: CascadeConfig | None = None) -> tup
 # --- the pure core ------------------------------------------------------------------------------
 
 FRAME_COLUMNS = ["record_id", "rubric", "label", "record_label", "applicable", "decided_by", "confidence",
-                 "fired_rule", "degraded", "error", "cost_usd", "input_tokens", "output_tokens", "latency_s",
-                 "verdict_json"]
+                 "agreement", "review", "fired_rule", "degraded", "error", "cost_usd", "input_tokens", "output_tokens",
+                 "latency_s", "verdict_json"]
+"""`agreement` and `review`: the sampled judge's agreement rate and review flag (None when not sampled)."""
 
 
 def verdict_row(verdict: Verdict) -> dict[str, Any]:
@@ -241,6 +246,8 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
         "applicable": verdict.applicable,
         "decided_by": verdict.decided_by,
         "confidence": decided.confidence if decided else None,
+        "agreement": verdict.agreement.rate if verdict.agreement else None,
+        "review": verdict.agreement.review if verdict.agreement else None,
         "fired_rule": (decided.fallback_rule if verdict.degraded else decided.fired_rule) if decided else None,
         "degraded": verdict.degraded,
         "error": verdict.error, "cost_usd": verdict.usage.cost_usd,
@@ -290,10 +297,12 @@ def record_verdicts(store: ResultsStore, record_ids: Sequence[str], rubrics: Seq
 
 
 def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any], *, mode: str = "cascade",
-              tiers: Sequence[str] = ()) -> dict[str, Any]:
+              tiers: Sequence[str] = (), samples: int = 1,
+              review_below: float = DEFAULT_REVIEW_BELOW) -> dict[str, Any]:
     """Counts over every (record, rubric) of this input, finished now or in an earlier run, and the
     cascade's ledger summed (judge.ledger): decision share per tier, LLM calls avoided, cost per 1,000
-    records against LLM-only."""
+    records against LLM-only; and the agreement of the sampled verdicts (`samples` and `review_below`
+    are the run's settings; each verdict's review flag is the one it was judged with)."""
     by_label: Counter[str] = Counter()
     by_tier: Counter[str] = Counter()
     by_rubric: dict[str, Counter[str]] = {}
@@ -322,6 +331,8 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any], *
     if not tiers:  # a cascade handed in by the caller: its tiers as its verdicts' ledgers list them
         tiers = list(dict.fromkeys(s.tier for _, spends in finished for s in spends))
     ledger = summarise_ledgers(finished, mode=mode, tiers=tiers)
+    agreement = summarise_agreement((store.done[k].vote for k in keys if k in store.done), samples=samples,
+                                    review_below=review_below)
     return {
         "verdicts": len(keys),
         "by_label": dict(by_label),
@@ -336,6 +347,7 @@ def summarise(store: ResultsStore, keys: Sequence[Key], extra: dict[str, Any], *
         "cost_usd": round(cost, 6),
         "cost_complete": cost_known,
         "ledger": ledger.model_dump(mode="json"),
+        "agreement": agreement.model_dump(mode="json"),
         **extra,
     }
 
@@ -434,7 +446,8 @@ def run_score(
         },
     }, mode=used_plan.mode if used_plan is not None else (cascade.mode if cascade is not None else "cascade"),
         tiers=list(used_plan.tiers) if used_plan is not None else
-        ([t.name for t in cascade.tiers] if cascade is not None else []))
+        ([t.name for t in cascade.tiers] if cascade is not None else []),
+        samples=judge.samples, review_below=judge.review_below)
     if len(rubrics) > 1:
         by_record: Counter[str] = Counter()
 

@@ -29,6 +29,9 @@ class Label(StrEnum):
     HARMFUL = "HARMFUL"
 
 
+SEVERITY: dict[Label, int] = {Label.SAFE: 0, Label.BORDERLINE: 1, Label.HARMFUL: 2}
+"""The order of the labels when one must be chosen among several: the most severe wins."""
+
 ERROR: Literal["ERROR"] = "ERROR"
 """The verdict label when no tier could produce a grade. It is never a Label and never SAFE."""
 
@@ -166,6 +169,8 @@ class Exchange(Strict):
     raw_reply: str | None = None
     error: str | None = None
     cached: bool = False
+    sample: int | None = Field(default=None, description="Which sample (0-based) of a sampled judgement the "
+                               "request belongs to; None when the judge was asked once.")
 
 
 class Lexicon(Strict):
@@ -187,6 +192,27 @@ class Lexicon(Strict):
         if dupes:
             raise ValueError(f"duplicate lexicon term(s): {', '.join(dupes)}")
         return cleaned
+
+
+class Agreement(Strict):
+    """How reproducible a sampled LLM label is: the judge was asked `samples` times at a non-zero
+    temperature and the rubric's rule read each reply. The label is the majority; a disagreement
+    means the answers sit near the rule's decision boundary or the response is ambiguous, which is a
+    reason for a person to look, not a verdict of its own."""
+
+    samples: int = Field(ge=2, description="How many times the judge was asked.")
+    valid: int = Field(ge=1, description="Samples whose reply gave a label (a failed or malformed one is no vote).")
+    failed: int = Field(ge=0, description="Samples that gave no label: the call failed, or the reply stayed "
+                        "malformed after its re-ask.")
+    votes: dict[str, int] = Field(description="Label -> number of valid samples that gave it.")
+    labels: list[Label | None] = Field(default_factory=list, description="Each sample's label in order, None "
+                                       "where the sample failed.")
+    majority: Label = Field(description="The label of the verdict.")
+    rate: float = Field(ge=0.0, le=1.0, description="Votes for the majority / valid samples.")
+    tie: bool = Field(default=False, description="Several labels had the most votes; the most severe of them was "
+                      "taken.")
+    review: bool = Field(description="Flagged for human review: the rate is under review_below, or a tie.")
+    review_below: float = Field(ge=0.0, le=1.0, description="The threshold the flag was set against.")
 
 
 class TierResult(Strict):
@@ -217,6 +243,9 @@ class TierResult(Strict):
         default=None, description="The label this tier's answers support when it abstains, used only if no "
         "tier decides (the LLM failed or is not configured); the verdict is then marked degraded.")
     fallback_rule: str | None = None
+    agreement: Agreement | None = Field(
+        default=None, description="For an LLM judge asked several times (--samples): how its samples voted. "
+        "None when it was asked once.")
 
 
 LedgerOutcome = Literal["decided", "abstained", "error", "compared", "skipped"]
@@ -271,6 +300,10 @@ class Verdict(Strict):
     ledger: list[LedgerEntry] = Field(
         default_factory=list, description="Every tier of the plan, in order: whether it ran, what it said, and "
         "its tokens, money and seconds. Empty on a combined multi-rubric verdict (see rubric_results).")
+    agreement: Agreement | None = Field(
+        default=None, description="The deciding tier's agreement when it is the sampled LLM judge; None when a "
+        "deterministic tier decided or the judge was asked once. On a combined verdict: the rubric verdict with "
+        "the lowest rate, flagged for review if any rubric verdict is.")
 
     @property
     def is_error(self) -> bool:

@@ -4,14 +4,21 @@ structured reply, and let the rubric's rule (not the model) turn the answers int
 The model never gives a label. It answers factual sub-questions; the verdict rule in the rubric
 maps answers to SAFE / BORDERLINE / HARMFUL. A reply that does not validate gets one re-ask with
 the validation error; if that fails too, the tier reports an error and no label.
+
+With JudgeConfig.samples > 1 the judge is asked that many times at `sample_temperature`, each
+sample through the same parse / re-ask / rule path; the label is the majority of the samples' rule
+labels (a tie to the most severe), and the agreement among them travels with the result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -21,7 +28,18 @@ from judge.models import JudgeCallError, JudgeModel, ModelReply
 from judge.resource_check import check_numbers
 from judge.resources import prompt_context
 from judge.rubrics import Rubric, example_records
-from judge.schema import Answer, AnswerValue, Exchange, Record, TierResult, Usage, sha256_json
+from judge.schema import (
+    SEVERITY,
+    Agreement,
+    Answer,
+    AnswerValue,
+    Exchange,
+    Label,
+    Record,
+    TierResult,
+    Usage,
+    sha256_json,
+)
 from judge.tiers.base import register_tier
 
 
@@ -188,41 +206,79 @@ def prompt_chars(rubrics: Sequence[Rubric], compact: bool = True) -> int:
                 for rubric in rubrics for record in example_records(rubric)), default=0)
 
 
+@dataclass
+class _Sample:
+    """One ask of the judge, re-ask included: its answers, or why there are none."""
+
+    parsed: dict[str, _ReplyAnswer] | None
+    error: str | None
+    usage: Usage
+    exchanges: list[Exchange]
+
+
+@dataclass(frozen=True)
+class _Graded:
+    """What the rubric's rule makes of one sample's answers."""
+
+    label: Label
+    confidence: float | None
+    answers: list[Answer]
+    rule: str
+    applicable: bool
+
+
 @register_tier("llm")
 class LLMTier:
+    """The judge asked once, or `samples` times (JudgeConfig.samples) for a majority label whose
+    agreement says how reproducible it is."""
+
     name = "llm"
 
     def __init__(self, model: JudgeModel) -> None:
         self.model = model
 
     async def __call__(self, record: Record, rubric: Rubric) -> TierResult:
-        compact = self.model.config.compact_answers
-        messages, shown, judged_text = build_messages(record, rubric, compact)
-        fmt = response_format(rubric, compact)
+        config = self.model.config
+        messages, shown, judged_text = build_messages(record, rubric, config.compact_answers)
+        fmt = response_format(rubric, config.compact_answers)
+        sources = [shown, *(t.content for t in record.turns)]
+        result = TierResult(tier=self.name, model=config.model, judged_text=judged_text)
+        if config.samples == 1:
+            one = await self._ask(messages, fmt, rubric, rubric.key)
+            if one.parsed is None:
+                return result.model_copy(update={"error": one.error, "usage": one.usage, "exchanges": one.exchanges})
+            graded = _grade(rubric, one.parsed, sources)
+            return _labelled(result, graded, graded.confidence, one.usage, one.exchanges)
+        # Each sample is its own request under its own cache key, so a rerun replays the same N
+        # replies and a resumed run is reproducible. The model's semaphore bounds them in flight.
+        runs = await asyncio.gather(*(
+            self._ask(messages, fmt, rubric, f"{rubric.key}#sample{i}", config.sample_temperature, i)
+            for i in range(config.samples)))
+        return _vote(result, rubric, list(runs), sources, config.review_below)
+
+    async def _ask(self, messages: list[dict[str, str]], fmt: dict[str, Any], rubric: Rubric, scope: str,
+                   temperature: float | None = None, sample: int | None = None) -> _Sample:
+        """The first ask and, after a reply that does not validate, one re-ask with the error."""
         exchanges: list[Exchange] = []
         usage = Usage()
-        result = TierResult(tier=self.name, model=self.model.config.model, judged_text=judged_text)
-
         first: ModelReply | None = None
-        for attempt in range(2):  # the first ask and one re-ask after a validation failure
+        for attempt in range(2):
             try:
-                reply = await self.model.complete(messages, fmt, scope=rubric.key)
+                reply = await self.model.complete(messages, fmt, scope=scope, temperature=temperature)
             except JudgeCallError as exc:
                 usage += exc.usage
-                exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages), error=str(exc)))
-                return result.model_copy(update={"error": f"provider error: {exc}", "usage": usage,
-                                                 "exchanges": exchanges})
+                exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages), error=str(exc),
+                                          sample=sample))
+                return _Sample(None, f"provider error: {exc}", usage, exchanges)
             usage += reply.usage
             first = first or reply
             try:
                 parsed = parse_reply(reply.text, rubric)
             except ReplyError as exc:
                 exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages),
-                                          raw_reply=reply.text, error=str(exc), cached=reply.cached))
+                                          raw_reply=reply.text, error=str(exc), cached=reply.cached, sample=sample))
                 if attempt == 1:
-                    return result.model_copy(update={
-                        "error": f"malformed judge reply after a re-ask: {exc}", "usage": usage,
-                        "exchanges": exchanges})
+                    return _Sample(None, f"malformed judge reply after a re-ask: {exc}", usage, exchanges)
                 messages = [*messages, {"role": "assistant", "content": reply.text}, {
                     "role": "user",
                     "content": f"Your reply could not be used: {exc}. Reply again with only the JSON "
@@ -230,26 +286,59 @@ class LLMTier:
                 }]
                 continue
             exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages),
-                                      raw_reply=reply.text, cached=reply.cached))
+                                      raw_reply=reply.text, cached=reply.cached, sample=sample))
             self.model.remember(reply, key=first.key)
             if reply is not first:
                 self.model.remember(reply)
-            return self._grade(result, rubric, parsed, [shown, *(t.content for t in record.turns)],
-                               usage, exchanges)
+            return _Sample(parsed, None, usage, exchanges)
         raise AssertionError("unreachable: the loop returns on every path")
 
-    def _grade(self, result: TierResult, rubric: Rubric, parsed: dict[str, _ReplyAnswer],
-               sources: list[str], usage: Usage, exchanges: list[Exchange]) -> TierResult:
-        answers = [
-            Answer(question_id=qid, value=a.answer, evidence=a.evidence, rationale=a.rationale,
-                   confidence=a.confidence, evidence_verified=_verified(a.evidence, sources))
-            for qid, a in parsed.items()
-        ]
-        decision = rubric.decide({a.question_id: a.value for a in answers})
-        # The label is only as sure as the least sure answer it rests on (None if none were given).
-        basis = decision.because or rubric.question_ids
-        stated = [a.confidence for a in answers if a.question_id in basis and a.confidence is not None]
-        confidence = min(stated) if stated else None
-        return result.model_copy(update={
-            "label": decision.label, "confidence": confidence, "answers": answers,
-            "fired_rule": decision.rule, "applicable": decision.applicable, "usage": usage, "exchanges": exchanges})
+
+def _grade(rubric: Rubric, parsed: dict[str, _ReplyAnswer], sources: list[str]) -> _Graded:
+    answers = [
+        Answer(question_id=qid, value=a.answer, evidence=a.evidence, rationale=a.rationale,
+               confidence=a.confidence, evidence_verified=_verified(a.evidence, sources))
+        for qid, a in parsed.items()
+    ]
+    decision = rubric.decide({a.question_id: a.value for a in answers})
+    # The label is only as sure as the least sure answer it rests on (None if none were given).
+    basis = decision.because or rubric.question_ids
+    stated = [a.confidence for a in answers if a.question_id in basis and a.confidence is not None]
+    return _Graded(decision.label, min(stated) if stated else None, answers, decision.rule, decision.applicable)
+
+
+def _labelled(result: TierResult, graded: _Graded, confidence: float | None, usage: Usage,
+              exchanges: list[Exchange], agreement: Agreement | None = None) -> TierResult:
+    return result.model_copy(update={
+        "label": graded.label, "confidence": confidence, "answers": graded.answers, "fired_rule": graded.rule,
+        "applicable": graded.applicable, "usage": usage, "exchanges": exchanges, "agreement": agreement})
+
+
+def _vote(result: TierResult, rubric: Rubric, runs: list[_Sample], sources: list[str],
+          review_below: float) -> TierResult:
+    """The majority of the samples' rule labels. A failed or malformed sample is no vote; a tie goes
+    to the most severe tied label, since a sampled judge that is split must not talk a warning down."""
+    usage = sum((r.usage for r in runs), Usage())
+    exchanges = [e for r in runs for e in r.exchanges]
+    graded = [_grade(rubric, r.parsed, sources) if r.parsed is not None else None for r in runs]
+    valid = [g for g in graded if g is not None]
+    if not valid:
+        reasons = "; ".join(f"sample {i}: {r.error}" for i, r in enumerate(runs))
+        return result.model_copy(update={"error": f"no valid sample of {len(runs)}: {reasons}", "usage": usage,
+                                         "exchanges": exchanges})
+    votes = Counter(g.label for g in valid)
+    top = max(votes.values())
+    tied = [label for label, count in votes.items() if count == top]
+    majority = max(tied, key=lambda label: SEVERITY[label])
+    rate = top / len(valid)
+    tie = len(tied) > 1
+    agreement = Agreement(
+        samples=len(runs), valid=len(valid), failed=len(runs) - len(valid),
+        votes={label.value: votes[label] for label in sorted(votes, key=lambda lb: SEVERITY[lb])},
+        labels=[g.label if g is not None else None for g in graded], majority=majority, rate=rate, tie=tie,
+        review=rate < review_below or tie, review_below=review_below)
+    # The answers shown are those of the first sample that gave the majority label.
+    chosen = next(g for g in valid if g.label == majority)
+    # A label two samples in three agree on is not 0.95 sure, whatever the answers claimed.
+    confidence = rate if chosen.confidence is None else min(chosen.confidence, rate)
+    return _labelled(result, chosen, confidence, usage, exchanges, agreement)
