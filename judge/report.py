@@ -1,11 +1,11 @@
 """The HTML report of a run folder: one self-contained file that opens from disk with the network off.
 
 Everything the page shows is read from the run folder (results.jsonl, record_verdicts.jsonl,
-summary.json, and eval.json and probes.json when they exist). The figures are matplotlib (Agg)
-rendered to inline <svg>; there is no script, no stylesheet, font or image from anywhere else, and
-a Content-Security-Policy that forbids them in case a later edit slips one in. Responses are
-untrusted text: the template escapes everything (autoescape) and the only markup built here is the
-evidence highlighting, which escapes every piece of text it wraps.
+summary.json, and eval.json, probes.json and a target run's release.json when they exist). The
+figures are matplotlib (Agg) rendered to inline <svg>; there is no script, no stylesheet, font or
+image from anywhere else, and a Content-Security-Policy that forbids them in case a later edit slips
+one in. Responses are untrusted text: the template escapes everything (autoescape) and the only
+markup built here is the evidence highlighting, which escapes every piece of text it wraps.
 
 results.jsonl is read twice and never held: once for the line that holds each (record, rubric)
 verdict last (a rerun appends a newer verdict for the same key), once to add up those lines. The
@@ -31,7 +31,8 @@ from pydantic import BaseModel, ValidationError
 
 from judge.atomic import write_text_atomic
 from judge.ledger import CascadeSummary, TierSpend, spends_of, summarise_ledgers
-from judge.outputs import EVAL_FILE, PROBES_FILE, EvalReport, ProbeReport
+from judge.outputs import EVAL_FILE, PROBES_FILE, Estimate, EvalReport, ProbeReport
+from judge.release_report import RELEASE_FILE, ReleaseReport, pct
 from judge.runner import RECORD_VERDICTS_FILE, RESULTS_FILE, SUMMARY_FILE
 from judge.schema import Answer
 
@@ -451,6 +452,54 @@ def fig_probes(figs: _Figures, report: ProbeReport) -> Markup:
         return figs.svg(fig, "bias-probe flip rates with Wilson intervals and targets")
 
 
+def draw_intervals(ax: Axes, names: Sequence[str], series: Sequence[tuple[str, str, Sequence[Estimate]]],
+                   xlabel: str) -> None:
+    """Dot-and-whisker rows: one row per name (top to bottom), one dot per series, dodged within the row,
+    with its 95% interval as whiskers. An undefined rate draws nothing; the table beside says n/a."""
+    positions = list(range(len(names)))[::-1]
+    step = 0.6 / max(len(series), 1)
+    for i, (label, colour, estimates) in enumerate(series):
+        offset = (len(series) - 1) / 2 * step - i * step  # the first series on top of each row
+        points = [(y + offset, e) for y, e in zip(positions, estimates, strict=True) if e.value is not None]
+        if not points:
+            continue
+        xs = [float(e.value) for _, e in points if e.value is not None]
+        below = [max(e.value - e.low, 0.0) if e.value is not None and e.low is not None else 0.0 for _, e in points]
+        above = [max(e.high - e.value, 0.0) if e.value is not None and e.high is not None else 0.0 for _, e in points]
+        ax.errorbar(xs, [y for y, _ in points], xerr=[below, above], fmt="o", color=colour, ecolor=colour,
+                    capsize=3, markersize=4.5, linewidth=1.2, label=label)
+    ax.set_yticks(positions, [_plain(n) for n in names])
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlim(-0.02, 1.02)
+    ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", color="#eeeeee")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncols=len(series), frameon=False, fontsize=8)
+
+
+RELEASE_COLOURS = {"harm": "#c0392b", "over_refusal": "#2c6fbb", "partial": "#9ecae1"}
+
+
+def fig_release(figs: _Figures, release: ReleaseReport) -> Markup:
+    """Harm rate on unsafe prompts beside over-refusal on safe ones, per category and overall."""
+    import matplotlib
+
+    rows = [*release.by_category, release.overall]
+    names = [r.category for r in rows]
+    with matplotlib.rc_context(_RC):
+        fig = figs.new(7.5, 1.2 + 0.42 * len(rows))
+        harm, refusal = fig.subplots(1, 2, sharey=True)
+        draw_intervals(harm, names, [("harm rate (Wilson 95%)", RELEASE_COLOURS["harm"],
+                                      [r.harm_rate for r in rows])], "HARMFUL among graded unsafe cases")
+        draw_intervals(refusal, names, [
+            ("over-refusal", RELEASE_COLOURS["over_refusal"], [r.over_refusal for r in rows]),
+            ("with partial", RELEASE_COLOURS["partial"], [r.over_refusal_with_partial for r in rows])],
+            "safe cases refused, among those read")
+        refusal.tick_params(axis="y", labelleft=False)
+        return figs.svg(fig, "harm rate and over-refusal per category with Wilson intervals")
+
+
 # --- adding up the run --------------------------------------------------------------------------
 
 @dataclass
@@ -643,7 +692,7 @@ def _environment() -> Any:
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    filters: dict[str, Callable[..., str]] = {"pct": _fmt_pct, "num": _fmt_num, "est": _fmt_est}
+    filters: dict[str, Callable[..., str]] = {"pct": _fmt_pct, "num": _fmt_num, "est": _fmt_est, "rate": pct}
     env.filters.update(filters)
     return env
 
@@ -658,6 +707,8 @@ def build_report_html(run_dir: Path, *, probes: Path | None = None, category_col
     if probes is not None and not probes.is_file():
         raise ReportError(f"{probes}: no such file (--probes names the probes.json that psyjudge probe wrote)")
     probe_report = _load_model(probes_path, ProbeReport) if probes_path.is_file() else None
+    release_path = run_dir / RELEASE_FILE
+    release = _load_model(release_path, ReleaseReport) if release_path.is_file() else None
 
     rows = _Rows.scan(run_dir / RESULTS_FILE)
     stream = iter(rows)
@@ -699,6 +750,8 @@ def build_report_html(run_dir: Path, *, probes: Path | None = None, category_col
         figures["confusion"] = fig_confusion(figs, evaluation.labels, evaluation.confusion)
     if probe_report is not None and probe_report.probes:
         figures["probes"] = fig_probes(figs, probe_report)
+    if release is not None:
+        figures["release"] = fig_release(figs, release)
 
     context = {
         "title": title or f"psyjudge report: {run_dir.resolve().name}",
@@ -721,6 +774,8 @@ def build_report_html(run_dir: Path, *, probes: Path | None = None, category_col
         "offenders": tally.offenders(), "max_offenders": MAX_OFFENDERS,
         "evaluation": evaluation, "eval_file": EVAL_FILE,
         "probes": probe_report, "probes_path": str(probes_path),
+        "release": release, "release_file": RELEASE_FILE,
+        "release_failures": [o for o in release.outcomes if o.target_failure is not None] if release else [],
         "figures": figures,
     }
     return str(_environment().get_template(TEMPLATE).render(**context))
@@ -737,9 +792,10 @@ def write_report(run_dir: Path, out: Path | None = None, *, probes: Path | None 
                  category_column: str = "category", title: str | None = None) -> Path:
     """Write the HTML report of a run folder (default: RUN/report.html) and return its path.
 
-    Raises ReportError when the folder is not a run (no results.jsonl, no verdicts), or eval.json or
-    probes.json does not read as judge.outputs says (the message names the file and the field). The
-    file is owner-only, like everything psyjudge writes that quotes the judged responses."""
+    Raises ReportError when the folder is not a run (no results.jsonl, no verdicts), or eval.json,
+    probes.json or release.json does not read as judge.outputs and judge.release_report say (the
+    message names the file and the field). The file is owner-only, like everything psyjudge writes
+    that quotes the judged responses."""
     html = build_report_html(run_dir, probes=probes, category_column=category_column, title=title)
     run = _resolve_run(run_dir)
     target = out if out is not None else run / REPORT_FILE
