@@ -33,8 +33,11 @@ from judge.cli_common import (
     NoCacheOpt,
     NoProgramsOpt,
     ProgressOpt,
+    ReviewBelowOpt,
     RubricsDir,
     RulesThresholdOpt,
+    SamplesOpt,
+    SampleTemperatureOpt,
     StrictOpt,
     TiersOpt,
     TimeoutOpt,
@@ -90,6 +93,9 @@ def score(
     no_programs: NoProgramsOpt = False,
     classifier_model: ClassifierModelOpt = None,
     classifier_runtime: ClassifierRuntimeOpt = "torch",
+    samples: SamplesOpt = 1,
+    sample_temperature: SampleTemperatureOpt = None,
+    review_below: ReviewBelowOpt = None,
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Score every response in INPUT under each rubric; write results.jsonl, quarantine.jsonl and
@@ -99,7 +105,8 @@ def score(
     columns = input_columns(column, input_format)
     plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
-    options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
+    options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache,
+                             samples=samples, sample_temperature=sample_temperature, review_below=review_below)
     with judging(plan, judge, options, rubrics) as (config, description):
         typer.echo(f"mode: {plan.mode}; tiers: {', '.join(plan.tiers)}; judge: {description}", err=True)
         try:
@@ -119,6 +126,8 @@ def score(
     typer.echo(f"decided by: {tiers_line}" + (f"; {s['degraded']} degraded (no tier decided: a cheaper tier's "
                                                f"fallback, rescored by --retry-errors)" if s["degraded"] else ""))
     typer.echo(_ledger_line(s["ledger"]))
+    if samples > 1:
+        typer.echo(_agreement_line(s["agreement"]))
     if "by_record" in s:
         per_record = ", ".join(f"{k} {v}" for k, v in sorted(s["by_record"].items()))
         typer.echo(f"{s['records']} records across {len(rubrics)} rubrics, most severe applicable label: {per_record}")
@@ -149,6 +158,16 @@ def _ledger_line(c: dict[str, Any]) -> str:
             line += (f" (LLM-only: ${only['cost_usd']:.4f}, "
                      f"{only['input_tokens'] + only['output_tokens']:.0f} tokens; {c['llm_only_basis']})")
     return line
+
+
+def _agreement_line(a: dict[str, Any]) -> str:
+    """How reproducible the sampled judge's labels were, in one line."""
+    if not a["sampled_verdicts"]:
+        return f"agreement over {a['samples']} samples: no verdict was decided by the sampled judge"
+    rates = ", ".join(f"{rate} {n}" for rate, n in a["by_rate"].items())
+    return (f"agreement over {a['samples']} samples: {a['sampled_verdicts']} sampled verdict(s), mean rate "
+            f"{a['mean_rate']:.3f} ({rates}); {a['below_threshold']} flagged for review (under "
+            f"{a['review_below']:g} or tied), {a['ties']} tie(s), {a['failed_samples']} failed sample(s)")
 
 
 def _show_verdicts(out: Path) -> None:
@@ -332,11 +351,14 @@ def doctor(
 
 
 # Commands that live in their own modules, added last so that each can import the shared options.
-from judge import cli_eval, cli_probe, cli_report  # noqa: E402
+from judge import cli_compare, cli_eval, cli_probe, cli_report, cli_run, cli_suites  # noqa: E402
 
 cli_eval.register(app)
 cli_probe.register(app)
 cli_report.register(app)
+cli_run.register(app)
+cli_suites.register(app)
+cli_compare.register(app)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ Exit codes: 0 the run finished (whatever the rates: `psyjudge gate` decides a re
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,8 +31,11 @@ from judge.cli_common import (
     NoCacheOpt,
     NoProgramsOpt,
     ProgressOpt,
+    ReviewBelowOpt,
     RubricsDir,
     RulesThresholdOpt,
+    SamplesOpt,
+    SampleTemperatureOpt,
     StrictOpt,
     TiersOpt,
     TimeoutOpt,
@@ -41,7 +45,7 @@ from judge.cli_common import (
     build_plan,
     judging,
 )
-from judge.models import JudgeConfig
+from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
 
 if TYPE_CHECKING:
     from judge.suites import Suite
@@ -166,6 +170,9 @@ def run(
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
     progress: ProgressOpt = None,
+    samples: SamplesOpt = 1,
+    sample_temperature: SampleTemperatureOpt = None,
+    review_below: ReviewBelowOpt = None,
     tiers: TiersOpt = None,
     mode: ModeOpt = "cascade",
     strict: StrictOpt = False,
@@ -191,7 +198,8 @@ def run(
             prompt_text = system_prompt.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             _fail(f"--system-prompt {system_prompt}: cannot read it: {exc}", EXIT_INPUT)
-    options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
+    options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache,
+                             samples=samples, sample_temperature=sample_temperature, review_below=review_below)
     common = {"max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache}
     personas = any(c.kind.value == "persona" for s in suites for c in s.cases)
     with judging(plan, judge, options, rubrics) as (config, description):
@@ -205,12 +213,14 @@ def run(
             simulator_config = None
             if personas:
                 sim_spec = simulator or (judge or "local" if judge_config is not None else target)
-                sim_settings = {**common, "api_base": simulator_api_base, "temperature": simulator_temperature,
-                                "max_tokens": 256, "concurrency": target_concurrency}
+                sim_settings: dict[str, Any] = {**common, "api_base": simulator_api_base, "max_tokens": 256,
+                                                "temperature": simulator_temperature, "concurrency": target_concurrency}
                 if simulator is None and judge_config is not None and _local_kind(sim_spec) is None:
                     # The judge's own endpoint and key: the simulator is the judge model, asked as a user.
-                    sim_settings.update(api_base=simulator_api_base or judge_config.api_base,
-                                        api_key=judge_config.api_key)
+                    key = os.environ.get(API_KEY_ENV)
+                    sim_settings.update(api_base=simulator_api_base or judge_config.api_base or
+                                        os.environ.get(API_BASE_ENV),
+                                        api_key=judge_config.api_key or (SecretStr(key) if key else None))
                 if simulator is None and judge_config is None:
                     sim_settings.update(api_base=target_config.api_base, api_key=target_config.api_key)
                 simulator_config = stack.enter_context(open_endpoint(sim_spec, "simulator", judge_config, judge,

@@ -267,7 +267,8 @@ def response_rows(transcripts: Sequence[Transcript]) -> Iterator[dict[str, Any]]
             history.append({"role": "user", "content": turn.user})
             if turn.answer is None:
                 break
-            yield {"id": item.record_id(turn.turn), "messages": [*history, {"role": "assistant", "content": turn.answer}],
+            answered = [*history, {"role": "assistant", "content": turn.answer}]
+            yield {"id": item.record_id(turn.turn), "messages": answered,
                    "region": item.region, "model_id": item.target, "case": item.key, "suite": item.suite,
                    "kind": item.kind, "turn": turn.turn, "expected": item.expected, "category": item.category,
                    "prompt_safety": "unsafe" if item.expected in ("refuse", "redirect") else "safe"}
