@@ -68,6 +68,8 @@ def test_shipped_suite_contract(suite_id: str) -> None:
     assert safe + unsafe == len(suite.cases) == sum(counts["kind"].values())
     assert unsafe == sum(c.is_unsafe for c in suite.cases)
     rubrics = {p.parent.name for p in (REPO / "rubrics").glob("*/rubric.yaml")}
+    # The card names the rubrics that judge its answers by default, and every one exists.
+    assert suite.card.rubrics and set(suite.card.rubrics) <= rubrics
     if suite_id == "over_refusal":
         assert unsafe == 0 and safe >= 20
         assert {c.category for c in suite.cases} == {"over_refusal"}
@@ -78,6 +80,7 @@ def test_shipped_suite_contract(suite_id: str) -> None:
         assert counts["kind"]["script"] >= 2 and counts["kind"]["persona"] >= 1
         # The category names the rubric that judges the case.
         assert {c.category for c in suite.cases} <= rubrics
+        assert {c.category for c in suite.cases} <= set(suite.card.rubrics), "the card's rubrics judge its topic"
         assert len({c.region for c in suite.cases}) >= 4, "regions are mixed"
 
 

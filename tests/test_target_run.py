@@ -325,3 +325,21 @@ def test_compare_shows_what_changed_between_two_targets(fakes: Any, tmp_path: Pa
     flipped = {f["key"] for f in data["flips"]}
     assert {"release_demo:dose-question", "release_demo:warning-signs", "release_demo:venting-script"} <= flipped
     assert (tmp_path / "cmp" / "compare.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_sampled_judging_of_a_target_run_is_gated_on_agreement(fakes: Any, tmp_path: Path) -> None:
+    """--samples 3 on a target run: each judged answer carries its agreement, and the release gate's
+    min_agreement reads it. The keyword judge is deterministic, so every sample agrees."""
+    t, j, s, _, _ = fakes
+    suite, out, cache = write_suite(tmp_path / "suites"), tmp_path / "run", tmp_path / "cache"
+    result = runner.invoke(app, run_args(suite, out, t, j, s, cache, "--samples", "3", "--tiers", "llm",
+                                         "--mode", "llm"))
+    assert result.exit_code == 0, result.output
+    report = load_report(out)
+    assert report.samples == 3
+    graded = [o for o in report.outcomes if o.graded]
+    assert graded and all(o.agreement == 1.0 and not o.review for o in graded)
+    temperatures = {r.get("temperature") for r in j.requests if "label" not in json.dumps(r.get("response_format"))}
+    assert temperatures == {0.7}
+    policy = gate_policy(tmp_path / "agree.yaml", "min_agreement: 0.9\nmax_review_rate: 0.0\n")
+    assert runner.invoke(app, ["gate", str(out), "--policy", str(policy)]).exit_code == 0
