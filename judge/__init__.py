@@ -10,6 +10,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from judge.cascade import Cascade, CascadeConfig, combine_verdicts
+from judge.compare import Comparison, compare_runs
 from judge.datasets import LabelledRow, check_labelled, read_labelled
 from judge.evaluation import EvalError, evaluate_run
 from judge.gate import GateError, GatePolicy, load_policy, run_gate
@@ -18,6 +19,9 @@ from judge.ledger import CascadeSummary, summarise_ledgers
 from judge.models import JudgeCallError, JudgeConfig, JudgeModel
 from judge.outputs import EvalReport, ProbeReport
 from judge.probes import run_probes
+from judge.refusal import RefusalDetector, RefusalLabel, RefusalReading, read_refusal
+from judge.release import TargetRunConfig, run_target
+from judge.release_report import ReleaseError, ReleaseReport, load_release
 from judge.report import ReportError, write_report
 from judge.resource_check import NumberCheck, check_numbers
 from judge.resources import Registry, load_registry, normalise_region
@@ -25,6 +29,7 @@ from judge.rubrics import Rubric, RubricError, available_rubrics, load_rubric
 from judge.runner import run_score, score_frame
 from judge.schema import (
     ERROR,
+    Agreement,
     Answer,
     AnswerValue,
     Label,
@@ -35,16 +40,21 @@ from judge.schema import (
     Turn,
     Verdict,
 )
+from judge.suites import Suite, SuiteCase, SuiteError, available_suites, load_suite
+from judge.target import EndpointConfig
 from judge.tiers.llm import LLMTier
 
 __all__ = [
     "ERROR",
+    "Agreement",
     "Answer",
     "AnswerValue",
     "Cascade",
     "CascadeConfig",
     "CascadeSummary",
     "ColumnMap",
+    "Comparison",
+    "EndpointConfig",
     "EvalError",
     "EvalReport",
     "GateError",
@@ -60,28 +70,43 @@ __all__ = [
     "ProbeReport",
     "Record",
     "RecordMeta",
+    "RefusalDetector",
+    "RefusalLabel",
+    "RefusalReading",
     "Registry",
+    "ReleaseError",
+    "ReleaseReport",
     "ReportError",
     "Rubric",
     "RubricError",
     "SubQuestion",
+    "Suite",
+    "SuiteCase",
+    "SuiteError",
+    "TargetRunConfig",
     "TierResult",
     "Turn",
     "Verdict",
     "available_rubrics",
+    "available_suites",
     "check_labelled",
     "check_numbers",
     "combine_verdicts",
+    "compare_runs",
     "evaluate_run",
     "load_policy",
     "load_registry",
+    "load_release",
     "load_rubric",
+    "load_suite",
     "normalise_region",
     "read_labelled",
     "read_records",
+    "read_refusal",
     "run_gate",
     "run_probes",
     "run_score",
+    "run_target",
     "score_frame",
     "summarise_ledgers",
     "write_report",
