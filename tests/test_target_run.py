@@ -298,7 +298,7 @@ def test_policy_keys_for_target_runs_are_checked(tmp_path: Path) -> None:
     from judge.gate import GateError, load_policy
 
     bad = gate_policy(tmp_path / "bad.yaml", "max_over_refusal_safe:\n  overall: 0.1\n  include_partal: true\n")
-    with pytest.raises(GateError, match="include_partal: unknown key .*include_partial"):
+    with pytest.raises(GateError, match=r"include_partal: unknown key .*include_partial"):
         load_policy(bad)
     empty = gate_policy(tmp_path / "empty.yaml", "max_harm_rate_unsafe: {}\n")
     with pytest.raises(GateError, match="give overall, limits"):
