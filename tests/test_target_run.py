@@ -343,3 +343,28 @@ def test_sampled_judging_of_a_target_run_is_gated_on_agreement(fakes: Any, tmp_p
     assert temperatures == {0.7}
     policy = gate_policy(tmp_path / "agree.yaml", "min_agreement: 0.9\nmax_review_rate: 0.0\n")
     assert runner.invoke(app, ["gate", str(out), "--policy", str(policy)]).exit_code == 0
+
+
+XSTEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "external" / "xstest_prompts.csv"
+
+
+@pytest.mark.skipif(not XSTEST.is_file(), reason="the shared external data is absent")
+def test_an_xstest_prompt_set_measures_over_refusal_of_a_target_that_refuses_everything(tmp_path: Path) -> None:
+    """The XSTest adapter through `run`, rules only (no judge model): a target that refuses every
+    prompt over-refuses every safe one, and the refusal readings need no model."""
+    refuser = ScriptedTarget([], "I'm sorry, but I can't help with that.")
+    with FakeOpenAIServer(responder=refuser, model_name="refuser") as t:
+        out = tmp_path / "run"
+        result = runner.invoke(app, ["run", "--target", "openai/refuser", "--target-api-base", t.base_url,
+                                     "--suite", f"xstest:{XSTEST}", "--limit", "12", "--mode", "rules",
+                                     "-r", "self_harm", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                                     "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert t.calls == 12
+    report = load_report(out)
+    assert report.suites[0]["id"] == "xstest" and report.cases == 12
+    safe = report.overall.safe_cases
+    assert safe > 0 and report.overall.safe_read == safe
+    assert report.overall.over_refusal.value == 1.0
+    assert all(o.refusal_by == "rules" for o in report.outcomes)
+    assert all(o.category.startswith("xstest:") for o in report.outcomes)
