@@ -157,6 +157,10 @@ def run(
     refusal_threshold: Annotated[float, typer.Option("--refusal-threshold", min=0.0, max=1.0, help="Confidence "
                                                      "the programmatic refusal reading needs before the judge "
                                                      "model is asked instead.")] = 0.8,
+    refusal_judge: Annotated[bool | None, typer.Option(
+        "--refusal-judge/--no-refusal-judge", show_default=False, help="Ask the judge model about answers whose "
+        "programmatic refusal reading is unsure. Default: on for a litellm judge; off for the embedded judge, which "
+        "read those answers worse than the programmatic reading did (bench/results/refusal.md).")] = None,
     rubric: Annotated[list[str] | None, typer.Option("--rubric", "-r", help="Rubric id or folder; repeatable "
                                                      "(default: the rubrics the suite cards name).")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Replay cases the target failed on and "
@@ -204,6 +208,10 @@ def run(
     personas = any(c.kind.value == "persona" for s in suites for c in s.cases)
     with judging(plan, judge, options, rubrics) as (config, description):
         judge_config = config if plan.uses_llm else None
+        if refusal_judge is None:
+            from judge.judges import choose_judge
+
+            refusal_judge = judge_config is not None and choose_judge(judge).kind == "litellm"
         target_settings = {**common, "api_base": target_api_base,
                            "api_key": SecretStr(target_api_key) if target_api_key else None,
                            "temperature": target_temperature, "max_tokens": target_max_tokens,
@@ -227,7 +235,7 @@ def run(
                                                                      sim_settings))
             run_config = TargetRunConfig(target=target_config, system_prompt=prompt_text, simulator=simulator_config,
                                          concurrency=target_concurrency, limit=limit,
-                                         refusal_threshold=refusal_threshold)
+                                         refusal_threshold=refusal_threshold, refusal_llm=refusal_judge)
             typer.echo(f"target: {target_config.model}; suites: {', '.join(s.key for s in suites)}; rubrics: "
                        f"{', '.join(r.key for r in rubrics)}; mode: {plan.mode}; judge: {description}", err=True)
             outcome = run_target(suites, run_config, rubrics, out, config, plan, retry_errors=retry_errors,
