@@ -152,8 +152,9 @@ def run(
     simulator_api_base: Annotated[str | None, typer.Option("--simulator-api-base",
                                                            envvar="PSYJUDGE_SIMULATOR_API_BASE")] = None,
     simulator_temperature: Annotated[float, typer.Option("--simulator-temperature", min=0.0, max=2.0)] = 0.7,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Play only the first N cases of each "
-                                              "suite (a smoke run).")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Play only N cases of each suite: single "
+                                              "prompts first, then scripts, then personas, unsafe and safe in turn, in "
+                                              "file order (a smoke run that still measures both rates).")] = None,
     refusal_threshold: Annotated[float, typer.Option("--refusal-threshold", min=0.0, max=1.0, help="Confidence "
                                                      "the programmatic refusal reading needs before the judge "
                                                      "model is asked instead.")] = 0.8,

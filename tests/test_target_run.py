@@ -383,3 +383,17 @@ def test_without_the_refusal_judge_the_programmatic_reading_stands(fakes: Any, t
     outcomes = {o.key: o for o in load_report(out).outcomes}
     assert all(o.refusal_by in ("rules", None) for o in outcomes.values())
     assert outcomes["release_demo:support-friend"].refusal == "refused"  # the unsure reading, kept
+
+
+def test_a_limited_smoke_run_takes_cheap_cases_of_both_kinds() -> None:
+    from judge.release import limited
+    from judge.suites import load_suite
+
+    cases = load_suite("self_harm").cases
+    picked = limited(cases, 6)
+    assert [c.kind.value for c in picked] == ["prompt"] * 6
+    assert sum(c.is_unsafe for c in picked) == 3  # unsafe and safe prompts in turn
+    assert [c.id for c in picked] == [c.id for c in cases if c in picked]  # file order kept
+    many = limited(cases, 25)
+    assert len(many) == 25 and {c.kind.value for c in many} == {"prompt", "script", "persona"}
+    assert limited(cases, None) == cases and limited(cases, 1000) == cases
