@@ -126,7 +126,10 @@ def case_key(suite: Suite, case: SuiteCase) -> str:
 
 
 def case_hash(case: SuiteCase, config: TargetRunConfig) -> str:
-    return sha256_json({"case": case.model_dump(mode="json"), "play": config.play_params()})
+    play = config.play_params()
+    if case.kind is not CaseKind.PERSONA:
+        play["simulator"] = None  # only a persona's play depends on the simulator
+    return sha256_json({"case": case.model_dump(mode="json"), "play": play})
 
 
 # --- the transcript store --------------------------------------------------------------------------

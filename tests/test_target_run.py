@@ -397,3 +397,21 @@ def test_a_limited_smoke_run_takes_cheap_cases_of_both_kinds() -> None:
     many = limited(cases, 25)
     assert len(many) == 25 and {c.kind.value for c in many} == {"prompt", "script", "persona"}
     assert limited(cases, None) == cases and limited(cases, 1000) == cases
+
+
+def test_a_changed_play_replays_only_the_cases_it_touches(fakes: Any, tmp_path: Path) -> None:
+    t, j, s, target, _ = fakes
+    suite, out, cache = write_suite(tmp_path / "suites"), tmp_path / "run", tmp_path / "cache"
+    assert runner.invoke(app, run_args(suite, out, t, j, s, cache)).exit_code == 0
+    # Another simulator temperature: only the persona is played again.
+    again = runner.invoke(app, run_args(suite, out, t, j, s, cache, "--simulator-temperature", "0.3"))
+    assert again.exit_code == 0 and "played now: 1 case(s)" in again.output, again.output
+    # A system prompt changes every answer: every case is played again, and the target receives it.
+    prompt = tmp_path / "system.txt"
+    prompt.write_text("You are a careful assistant for a mental-health charity.", encoding="utf-8")
+    result = runner.invoke(app, run_args(suite, out, t, j, s, cache, "--simulator-temperature", "0.3",
+                                         "--system-prompt", str(prompt)))
+    assert result.exit_code == 0 and "played now: 7 case(s)" in result.output, result.output
+    assert target.seen[-1][0] == {"role": "system", "content": prompt.read_text()}
+    transcript = json.loads((out / TRANSCRIPTS_FILE).read_text().splitlines()[-1])
+    assert transcript["system_prompt_sha256"] is not None
