@@ -1,0 +1,183 @@
+"""Redaction: what it catches, what it wrongly hides, how fast, and whether judging suffers.
+
+1. datasets/pii/spans.jsonl (synthetic, written for the project): per kind, recall of the expected
+   spans (every character of the span hidden, by any kind) and typed recall (hidden under the right
+   kind); false positives on the hard negatives (crisis numbers, helpline URLs, ordinary dates, doses)
+   and extra spans in positive texts that no expected span explains.
+2. Judging quality: the rules tier on the project's labelled examples (datasets/<rubric>/examples.jsonl
+   plus each rubric's own examples), with and without the response and turns redacted: agreement of
+   the tier's label (decided HARMFUL, else its fallback label) with the gold label both ways, and how
+   many labels change.
+3. Speed: texts per second of Redactor.redact on ~1 KB texts.
+
+    python bench/redaction.py [--out bench/results]
+
+Writes redaction.json and redaction.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from judge.datasets import example_cases, labelled_cases, read_labelled  # noqa: E402
+from judge.redact import Redactor  # noqa: E402
+from judge.rubrics import available_rubrics, load_rubric  # noqa: E402
+from judge.schema import Record  # noqa: E402
+from judge.tiers.rules import judge_with_rules  # noqa: E402
+
+EXAMPLES = ROOT / "datasets" / "pii" / "spans.jsonl"
+UNSEEN = ROOT / "datasets" / "pii" / "unseen_spans.jsonl"
+"""Examples written after the patterns were finished, which were not changed to fit them: the honest
+recall figure (spans.jsonl was written alongside the patterns, so its recall is an upper bound)."""
+
+
+def load_examples(path: Path = EXAMPLES) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    per_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"spans": 0, "caught": 0, "typed": 0})
+    missed: list[dict[str, str]] = []
+    negatives = {"texts": 0, "texts_with_a_span": 0, "spans": 0}
+    wrong: list[dict[str, str]] = []
+    extra = 0
+    for row in rows:
+        text = row["text"]
+        found = Redactor().redact(text).found
+        hidden = set()
+        for f in found:
+            hidden.update(range(f.start, f.end))
+        expected = []
+        for span in row["spans"]:
+            start = text.index(span["text"])
+            end = start + len(span["text"])
+            expected.append((start, end))
+            stats = per_kind[span["kind"]]
+            stats["spans"] += 1
+            caught = all(i in hidden for i in range(start, end))
+            stats["caught"] += caught
+            stats["typed"] += any(f.kind == span["kind"] and f.start < end and f.end > start for f in found)
+            if not caught:
+                missed.append({"id": row["id"], "kind": span["kind"], "text": span["text"]})
+        unexplained = [f for f in found if not any(f.start < e and f.end > s for s, e in expected)]
+        if not row["spans"]:
+            negatives["texts"] += 1
+            negatives["texts_with_a_span"] += bool(found)
+            negatives["spans"] += len(found)
+        else:
+            extra += len(unexplained)
+        wrong += [{"id": row["id"], "kind": f.kind.value, "text": text[f.start:f.end], "source": f.source}
+                  for f in unexplained]
+    kinds = {k: {**v, "recall": v["caught"] / v["spans"], "typed_recall": v["typed"] / v["spans"]}
+             for k, v in sorted(per_kind.items())}
+    total = sum(v["spans"] for v in kinds.values())
+    caught_all = sum(v["caught"] for v in kinds.values())
+    return {"examples": len(rows), "per_kind": kinds, "recall_overall": caught_all / total if total else None,
+            "negatives": negatives, "extra_spans_in_positive_texts": extra, "missed": missed,
+            "false_positives": wrong}
+
+
+def _redacted(record: Record, redactor: Redactor) -> Record:
+    turns = [t.model_copy(update={"content": redactor.redact(t.content).text}) for t in record.turns]
+    return record.model_copy(update={"response": redactor.redact(record.response).text, "turns": turns})
+
+
+def judging_quality() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rubric_id in sorted(available_rubrics()):
+        rubric = load_rubric(rubric_id)
+        path = ROOT / "datasets" / rubric_id / "examples.jsonl"
+        cases = [*example_cases(rubric), *(labelled_cases(read_labelled(path), str(path)) if path.exists() else [])]
+        plain_right = red_right = changed = touched = 0
+        changes: list[dict[str, str | None]] = []
+        for case in cases:
+            redactor = Redactor()
+            red = _redacted(case.record, redactor)
+            touched += bool(redactor.mapping)
+            a, b = judge_with_rules(case.record, rubric), judge_with_rules(red, rubric)
+            la, lb = a.label or a.fallback_label, b.label or b.fallback_label
+            plain_right += la == case.label
+            red_right += lb == case.label
+            if la != lb:
+                changed += 1
+                changes.append({"id": case.id, "gold": case.label.value, "plain": la and la.value,
+                                "redacted": lb and lb.value, "hidden": ", ".join(sorted(redactor.mapping.values()))})
+        n = len(cases)
+        out[rubric_id] = {"cases": n, "records_with_redactions": touched, "agreement_plain": plain_right / n,
+                          "agreement_redacted": red_right / n, "labels_changed": changed, "changes": changes}
+    return out
+
+
+def speed(seconds: float = 3.0) -> dict[str, Any]:
+    sentence = ("I'm Megan and I haven't eaten properly since March. My therapist Dr Okafor wants me to call "
+                "116 123 or text SHOUT to 85258 when it gets bad; my mum's number is 07911 123456. ")
+    text = (sentence * 8)[:1024]
+    redactor = Redactor()
+    redactor.redact(text)  # the first call builds the analyzer
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        redactor.redact(text)
+        n += 1
+    elapsed = time.perf_counter() - started
+    return {"text_chars": len(text), "texts": n, "seconds": elapsed, "texts_per_s": n / elapsed}
+
+
+def detection_lines(d: dict[str, Any], title: str) -> list[str]:
+    lines = [title, "", "| kind | spans | recall (hidden) | typed recall |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['spans']} | {v['recall']:.2f} | {v['typed_recall']:.2f} |" for k, v in d["per_kind"].items()]
+    neg = d["negatives"]
+    lines += ["", f"Overall recall: {d['recall_overall']:.3f}. Hard negatives: {neg['texts_with_a_span']} of "
+              f"{neg['texts']} texts had something hidden ({neg['spans']} spans). Extra spans in positive texts: "
+              f"{d['extra_spans_in_positive_texts']}.", ""]
+    if d["missed"]:
+        lines += ["Missed:", ""] + [f"- {m['id']} ({m['kind']}): `{m['text']}`" for m in d["missed"]] + [""]
+    if d["false_positives"]:
+        lines += ["Hidden but not expected:", ""]
+        lines += [f"- {m['id']}: `{m['text']}` as {m['kind']} ({m['source']})" for m in d["false_positives"]] + [""]
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    d, u = result["detection"], result["detection_unseen"]
+    lines = ["# Redaction", "", f"Machine: {result['machine']}", ""]
+    lines += detection_lines(u, f"## Detection on examples written after the patterns (datasets/pii/unseen_spans.jsonl, "
+                                f"{u['examples']} texts)")
+    lines += detection_lines(d, f"## Detection on the development examples (datasets/pii/spans.jsonl, "
+                                f"{d['examples']} texts; written alongside the patterns, so an upper bound)")
+    lines += ["## Rules-tier judging with and without redaction", "",
+              "| rubric | cases | records redacted | agreement plain | agreement redacted | labels changed |",
+              "|---|---|---|---|---|---|"]
+    for rid, q in result["judging"].items():
+        lines.append(f"| {rid} | {q['cases']} | {q['records_with_redactions']} | {q['agreement_plain']:.3f} | "
+                     f"{q['agreement_redacted']:.3f} | {q['labels_changed']} |")
+    s = result["speed"]
+    lines += ["", "## Speed", "", f"{s['texts_per_s']:.0f} texts/s on {s['text_chars']}-character texts "
+              "(one process, one thread).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    result = {"machine": f"{platform.platform()}, python {platform.python_version()}",
+              "detection": detection(load_examples()), "detection_unseen": detection(load_examples(UNSEEN)),
+              "judging": judging_quality(), "speed": speed()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "redaction.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (args.out / "redaction.md").write_text(markdown(result), encoding="utf-8")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
