@@ -29,10 +29,13 @@ from judge.cli_common import (
     ConcurrencyOpt,
     FormatOpt,
     JudgeOpt,
+    KeepPiiOpt,
+    LocalOnlyOpt,
     ModeOpt,
     NoCacheOpt,
     NoProgramsOpt,
     ProgressOpt,
+    RedactOpt,
     ReviewBelowOpt,
     RubricsDir,
     RulesThresholdOpt,
@@ -96,6 +99,9 @@ def score(
     samples: SamplesOpt = 1,
     sample_temperature: SampleTemperatureOpt = None,
     review_below: ReviewBelowOpt = None,
+    local_only: LocalOnlyOpt = False,
+    redact: RedactOpt = None,
+    keep_pii: KeepPiiOpt = False,
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Score every response in INPUT under each rubric; write results.jsonl, quarantine.jsonl and
@@ -106,9 +112,11 @@ def score(
     plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache,
-                             samples=samples, sample_temperature=sample_temperature, review_below=review_below)
+                             samples=samples, sample_temperature=sample_temperature, review_below=review_below,
+                             local_only=local_only, redact=redact, keep_pii=keep_pii)
     with judging(plan, judge, options, rubrics) as (config, description):
-        typer.echo(f"mode: {plan.mode}; tiers: {', '.join(plan.tiers)}; judge: {description}", err=True)
+        typer.echo(f"mode: {plan.mode}; tiers: {', '.join(plan.tiers)}; judge: {description}"
+                   f"{'; local only' if config.local_only else ''}{'; redacted' if config.redact else ''}", err=True)
         try:
             outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
                                 retry_errors=retry_errors, progress=progress, workers=workers,
@@ -351,7 +359,7 @@ def doctor(
 
 
 # Commands that live in their own modules, added last so that each can import the shared options.
-from judge import cli_compare, cli_eval, cli_probe, cli_report, cli_run, cli_suites  # noqa: E402
+from judge import cli_compare, cli_eval, cli_probe, cli_purge, cli_report, cli_run, cli_suites  # noqa: E402
 
 cli_eval.register(app)
 cli_probe.register(app)
@@ -359,6 +367,7 @@ cli_report.register(app)
 cli_run.register(app)
 cli_suites.register(app)
 cli_compare.register(app)
+cli_purge.register(app)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from judge.ingest import ColumnMap
 from judge.judges import JudgeSelectionError, choose_judge, open_judge
 from judge.local_judge import LocalJudgeError
 from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
+from judge.privacy import LocalOnlyError
 from judge.rubrics import Rubric, RubricError, load_rubric
 
 if TYPE_CHECKING:
@@ -53,10 +54,12 @@ def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:
 
 def _judge_options(api_base: str | None, api_key: str | None, concurrency: int, max_attempts: int,
                    timeout: float, cache_dir: Path | None, no_cache: bool, *, samples: int = 1,
-                   sample_temperature: float | None = None, review_below: float | None = None) -> dict[str, Any]:
+                   sample_temperature: float | None = None, review_below: float | None = None,
+                   local_only: bool = False, redact: bool | None = None, keep_pii: bool = False) -> dict[str, Any]:
     """The JudgeConfig fields the options give. The sampling options are checked here, against
     JudgeConfig's own bounds, so that a bad value is a usage error naming the option even on a run
-    that starts no judge."""
+    that starts no judge. `redact` None means automatic: judge.judges.open_judge decides it once the
+    judge's endpoint is known."""
     sampling: dict[str, Any] = {"samples": samples}
     if sample_temperature is not None:
         sampling["sample_temperature"] = sample_temperature
@@ -69,7 +72,19 @@ def _judge_options(api_base: str | None, api_key: str | None, concurrency: int, 
         _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", EXIT_USAGE)
     return {"api_base": api_base, "api_key": SecretStr(api_key) if api_key else None, "concurrency": concurrency,
             "max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache,
-            **sampling}
+            "local_only": local_only, "redact": redact, "keep_pii": keep_pii, **sampling}
+
+
+def check_local_only(endpoints: list[tuple[str, str, str | None]]) -> None:
+    """Under --local-only: a usage error (exit 2) naming the first model that is not on loopback,
+    before anything is read or started."""
+    from judge.privacy import LocalOnlyError
+    from judge.privacy import check_local_only as check
+
+    try:
+        check(endpoints)
+    except LocalOnlyError as exc:
+        _fail(str(exc), EXIT_USAGE)
 
 
 @contextlib.contextmanager
@@ -82,7 +97,7 @@ def _judge(judge: str | None, options: dict[str, Any], rubrics: list[Rubric]) ->
         choice = choose_judge(judge)
         with open_judge(choice, prompt_chars(rubrics), **options) as config:
             yield config, choice.description
-    except (JudgeSelectionError, LocalJudgeError) as exc:
+    except (JudgeSelectionError, LocalJudgeError, LocalOnlyError) as exc:
         _fail(str(exc), EXIT_USAGE)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -113,6 +128,16 @@ SampleTemperatureOpt = Annotated[float | None, typer.Option(
 ReviewBelowOpt = Annotated[float | None, typer.Option(
     "--review-below", min=0.0, max=1.0, show_default="0.75",
     help="Flag a sampled verdict for human review when its agreement is under this (or its labels tie).")]
+LocalOnlyOpt = Annotated[bool, typer.Option(
+    "--local-only", help="Refuse to start unless every model (judge, target, simulator) is on this machine "
+    "(127.0.0.1, ::1, localhost), and refuse any call that would leave it. The embedded judge qualifies.")]
+RedactOpt = Annotated[bool | None, typer.Option(
+    "--redact/--no-redact", show_default=False, help="Replace names, emails, phone numbers, addresses, dates of "
+    "birth, ID and card numbers, and personal URLs with placeholders such as [EMAIL_1] in the text sent to a "
+    "model (crisis-line numbers are kept). Default: on for a remote model, off for one on this machine.")]
+KeepPiiOpt = Annotated[bool, typer.Option(
+    "--keep-pii", help="With redaction on, store each request's placeholder -> original mapping in results.jsonl "
+    "(it is personal data: off by default, when the mapping lives only in memory).")]
 ColumnOpt = Annotated[list[str] | None, typer.Option(
     "--column", help="Map a field to an input column, e.g. --column response=answer.")]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="jsonl, csv or parquet.")]
@@ -133,8 +158,8 @@ def input_columns(column: list[str] | None, input_format: str | None = None) -> 
 @contextlib.contextmanager
 def _no_judge(options: dict[str, Any]) -> Iterator[tuple[JudgeConfig, str]]:
     """For a rules-only run: no model is started or called."""
-    yield JudgeConfig(model="none", **{k: v for k, v in options.items() if k not in ("api_base", "api_key")}), \
-        "none (rules tier only)"
+    kept = {k: v for k, v in options.items() if k not in ("api_base", "api_key", "redact")}
+    yield JudgeConfig(model="none", redact=bool(options.get("redact")), **kept), "none (rules tier only)"
 
 
 # --- the cascade ----------------------------------------------------------------------------------

@@ -27,10 +27,13 @@ from judge.cli_common import (
     ClassifierRuntimeOpt,
     ConcurrencyOpt,
     JudgeOpt,
+    KeepPiiOpt,
+    LocalOnlyOpt,
     ModeOpt,
     NoCacheOpt,
     NoProgramsOpt,
     ProgressOpt,
+    RedactOpt,
     ReviewBelowOpt,
     RubricsDir,
     RulesThresholdOpt,
@@ -43,6 +46,7 @@ from judge.cli_common import (
     _judge_options,
     _rubric,
     build_plan,
+    check_local_only,
     judging,
 )
 from judge.models import API_BASE_ENV, API_KEY_ENV, JudgeConfig
@@ -59,8 +63,13 @@ def _local_kind(spec: str) -> str | None:
 
 
 def _endpoint(role: str, settings: dict[str, Any]) -> EndpointConfig:
+    """The EndpointConfig of the settings; a `redact` of None (automatic) is decided here, where the
+    endpoint is known: on for a remote model, off for one on loopback."""
+    from judge.privacy import should_redact
     from judge.target import EndpointConfig
 
+    api_base = settings.get("api_base") or os.environ.get(f"PSYJUDGE_{role.upper()}_API_BASE") or None
+    settings = {**settings, "redact": should_redact(settings.get("redact"), settings["model"], api_base)}
     try:
         return EndpointConfig(**settings)
     except ValidationError as exc:
@@ -185,6 +194,9 @@ def run(
     no_programs: NoProgramsOpt = False,
     classifier_model: ClassifierModelOpt = None,
     classifier_runtime: ClassifierRuntimeOpt = "torch",
+    local_only: LocalOnlyOpt = False,
+    redact: RedactOpt = None,
+    keep_pii: KeepPiiOpt = False,
     rubrics_dir: RubricsDir = None,
     suites_dir: Annotated[list[Path] | None, typer.Option("--suites-dir", help="A folder of suite folders, "
                                                           "searched before the built-ins.")] = None,
@@ -194,6 +206,12 @@ def run(
     gate it: psyjudge gate OUT --policy POLICY."""
     from judge.release import TargetRunConfig, run_target
 
+    if local_only:
+        # Every remote model stops the run here, before a suite is read or a server started.
+        endpoints = [(role, spec, base) for role, spec, base in (
+            ("target", target, target_api_base), ("simulator", simulator, simulator_api_base),
+            ("judge", judge, api_base)) if spec is not None and _local_kind(spec) is None]
+        check_local_only(endpoints)
     suites = _suites(suite, suites_dir)
     plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
     rubrics = [_rubric(ref, rubrics_dir) for ref in (rubric or _default_rubrics(suites, rubrics_dir))]
@@ -204,8 +222,10 @@ def run(
         except (OSError, UnicodeDecodeError) as exc:
             _fail(f"--system-prompt {system_prompt}: cannot read it: {exc}", EXIT_INPUT)
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache,
-                             samples=samples, sample_temperature=sample_temperature, review_below=review_below)
-    common = {"max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache}
+                             samples=samples, sample_temperature=sample_temperature, review_below=review_below,
+                             local_only=local_only, redact=redact, keep_pii=keep_pii)
+    common = {"max_attempts": max_attempts, "timeout_s": timeout, "cache_dir": cache_dir, "use_cache": not no_cache,
+              "local_only": local_only, "redact": redact}
     personas = any(c.kind.value == "persona" for s in suites for c in s.cases)
     with judging(plan, judge, options, rubrics) as (config, description):
         judge_config = config if plan.uses_llm else None

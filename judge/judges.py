@@ -24,7 +24,8 @@ from judge.local_judge import (
     local_server,
     xllamacpp_available,
 )
-from judge.models import JudgeConfig
+from judge.models import API_BASE_ENV, JudgeConfig
+from judge.privacy import check_local_only, should_redact
 
 # Provider keys litellm reads; any of them means the user has a hosted judge in mind.
 PROVIDER_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "AZURE_API_KEY",
@@ -84,15 +85,25 @@ def choose_judge(judge: str | None) -> JudgeChoice:
 def open_judge(choice: JudgeChoice, prompt_chars: int = 8000, **config: Any) -> Iterator[JudgeConfig]:
     """A JudgeConfig for the chosen judge; for a local judge the server runs for the block's life
     and is stopped however the block ends (normally, on an exception, or on Ctrl-C). `prompt_chars`
-    is the longest rendered rubric prompt, which sizes the local server's context."""
+    is the longest rendered rubric prompt, which sizes the local server's context.
+
+    `redact` may be None in `config`: it is then decided here, once the judge's endpoint is known
+    (on for a remote judge, off for one on loopback). With `local_only`, a litellm judge that is not
+    on loopback raises judge.privacy.LocalOnlyError before anything starts."""
+    requested: bool | None = config.pop("redact", None)
     if choice.kind == "litellm":
-        yield JudgeConfig(model=choice.model or "", **config)
+        model = choice.model or ""
+        api_base = config.get("api_base") or os.environ.get(API_BASE_ENV) or None
+        if config.get("local_only"):
+            check_local_only([("judge", model, api_base)])
+        yield JudgeConfig(model=model, redact=should_redact(requested, model, api_base), **config)
         return
     try:
         with local_server(choice.gguf, prompt_chars=prompt_chars, max_tokens=LOCAL_MAX_TOKENS) as server:
             # One slot serves one request at a time, and compact answers halve the slow output tokens.
             local = {**config, "api_base": server.base_url, "concurrency": 1, "compact_answers": True,
-                     "max_tokens": LOCAL_MAX_TOKENS, "timeout_s": max(config.get("timeout_s", 0), LOCAL_TIMEOUT_S)}
+                     "max_tokens": LOCAL_MAX_TOKENS, "timeout_s": max(config.get("timeout_s", 0), LOCAL_TIMEOUT_S),
+                     "redact": should_redact(requested, server.model, server.base_url)}
             yield JudgeConfig(model=server.model, **local)
     except MissingExtraError as exc:
         raise JudgeSelectionError(str(exc)) from exc

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import logging
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from judge.cache import JsonCache, cache_key
+from judge.privacy import destination, endpoint_is_local
 from judge.schema import Strict, Usage
+
+if TYPE_CHECKING:
+    from judge.privacy import Redacting
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -59,6 +66,13 @@ class JudgeConfig(Strict):
         "rationale or confidence): for small local models, where every output token costs time.")
     use_cache: bool = True
     cache_dir: Path | None = None
+    local_only: bool = Field(default=False, description="Refuse, before any request, to call a model that is "
+                             "not on loopback (127.0.0.0/8, ::1, localhost).")
+    redact: bool = Field(default=False, description="Replace personal data in the messages sent with typed "
+                         "placeholders (judge.redact); the mapping back stays in memory.")
+    keep_pii: bool = Field(default=False, description="With redaction on, also return each request's mapping "
+                           "(placeholder -> original) so that it is stored with the exchange. Off by default: "
+                           "the mapping is personal data.")
     litellm_params: dict[str, Any] = Field(
         default_factory=dict, description="Extra litellm.acompletion arguments (top_p, seed, "
         "extra_headers, mock_response in tests). They can change answers, so they enter the cache key.")
@@ -66,11 +80,20 @@ class JudgeConfig(Strict):
 
 @dataclass
 class ModelReply:
+    """A reply. With redaction on, `text` has the placeholders restored (so that evidence quotes
+    match the judged text) and `received` is the reply as the provider sent it: that, not the
+    restored text, is what the cache keeps."""
+
     text: str
     usage: Usage
     cached: bool
     key: str
     attempts: int
+    received: str | None = None
+    sent: list[dict[str, str]] | None = None
+    """With redaction on: the messages as they left the machine (placeholders in place of personal data)."""
+    mapping: dict[str, str] | None = None
+    """With redaction on and keep_pii: the request's placeholder -> original mapping."""
 
 
 class JudgeCallError(Exception):
@@ -83,12 +106,64 @@ class JudgeCallError(Exception):
         self.usage = usage
 
 
+class LocalOnlyCallError(JudgeCallError):
+    """Local-only mode refused a call to a model that is not on loopback; no request was made."""
+
+
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
 def load_litellm() -> Any:
     import litellm
 
     litellm.suppress_debug_info = True  # no "Give Feedback" banners in a batch log
     litellm.telemetry = False
+    # Conversation text must not reach a log: litellm's own request logging off, its exceptions
+    # without the messages (litellm appends them to some error texts otherwise), its loggers quiet.
+    litellm._logging.set_verbose = False  # what `litellm.set_verbose` re-exports; debug printing reads it
+    vars(litellm)["set_verbose"] = False
+    litellm.turn_off_message_logging = True
+    litellm.redact_messages_in_exceptions = True
+    litellm.log_raw_request_response = False
+    for name in LITELLM_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     return litellm
+
+
+_BODY_MARKER = re.compile(
+    r"""request[ _]?body|["'`](?:messages|prompt|input|contents)["'`]\s*[:=]|\bmessages\s*[:=]""",
+    re.IGNORECASE)
+REMOVED = "[request text removed]"
+
+
+def _fragments(messages: list[dict[str, str]]) -> list[str]:
+    """The pieces of conversation text an error might echo: each message's content and each of its
+    lines, plain and JSON-escaped, longest first (so a whole message goes before its lines)."""
+    pieces: set[str] = set()
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, str):
+            continue
+        for piece in [content, *content.splitlines()]:
+            piece = piece.strip()
+            if len(piece) >= 8:
+                pieces.update({piece, json.dumps(piece)[1:-1], repr(piece)[1:-1]})
+    return sorted(pieces, key=len, reverse=True)
+
+
+def scrub_error(text: str, *conversations: list[dict[str, str]], limit: int = 500) -> str:
+    """A provider error's text without the request: cut at the first sign of an echoed request body
+    ("messages": ..., request body ...), then any remaining piece of the conversation replaced. The
+    exception type and status are kept by the caller; the provider's own message before the body
+    stays, since it says what went wrong."""
+    marker = _BODY_MARKER.search(text)
+    if marker is not None:
+        text = text[:marker.start()].rstrip(" :,{(\n") + f" {REMOVED}"
+    for conversation in conversations:
+        for piece in _fragments(conversation):
+            if piece in text:
+                text = text.replace(piece, REMOVED)
+    return text[:limit]
 
 
 def _status(exc: BaseException) -> int | None:
@@ -146,12 +221,43 @@ def _cost(litellm: Any, response: Any) -> tuple[float, bool]:
 class JudgeModel:
     """One judge model. Safe to share across concurrent tasks in one event loop."""
 
-    def __init__(self, config: JudgeConfig, cache: JsonCache | None = None) -> None:
+    def __init__(self, config: JudgeConfig, cache: JsonCache | None = None,
+                 redactor: Redacting | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else (JsonCache(config.cache_dir) if config.use_cache else None)
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._redactor = redactor
         self.calls = 0  # requests that reached the provider, retries included
         self.cache_hits = 0
+
+    def request_redactor(self) -> Redacting:
+        """The redactor of one request: a fresh one each time, so placeholders are numbered within the
+        request alone. The same record is then redacted the same way whatever else the run judged
+        before it, in whatever order, and its cache key holds across runs and workers. (The
+        recognisers are loaded once per process; a Redactor is only a mapping.) A redactor handed in
+        by the caller is used for every request instead."""
+        if self._redactor is not None:
+            return self._redactor
+        from judge.redact import Redactor
+
+        return Redactor()
+
+    def check_local(self) -> None:
+        """Under local-only mode, refuse (before any request) an endpoint that is not on loopback."""
+        if self.config.local_only and not endpoint_is_local(self.config.model, self.api_base):
+            from judge.privacy import LocalOnlyError
+
+            raise LocalOnlyCallError(str(LocalOnlyError(self.role_name, self.config.model,
+                                                        destination(self.config.model, self.api_base))),
+                                     attempts=0, status=None, usage=Usage())
+
+    @property
+    def role_name(self) -> str:
+        return "judge"
+
+    def outgoing(self, messages: list[dict[str, str]], redactor: Redacting | None) -> list[dict[str, str]]:
+        """The messages as they leave the machine: redacted when the config says so."""
+        return redactor.redact_messages(messages) if redactor is not None else messages
 
     @property
     def provider(self) -> str:
@@ -203,14 +309,22 @@ class JudgeModel:
     ) -> ModelReply:
         """One judged answer. `scope` (the rubric id@version, and the sample index of a sampled
         judgement) enters the cache key. The reply is not cached here: the caller stores it with
-        remember() once it has validated it, so that a malformed reply is never served from the cache."""
+        remember() once it has validated it, so that a malformed reply is never served from the cache.
+
+        Under local-only mode a model off loopback raises LocalOnlyCallError before anything is sent.
+        With redaction on, the messages sent (and the cache key) are the redacted ones, and the
+        reply's placeholders are restored from the in-memory mapping."""
+        self.check_local()
+        redactor = self.request_redactor() if self.config.redact else None
+        sent = self.outgoing(messages, redactor)
         params = self.params(response_format, temperature)
-        key = cache_key(model=self.config.model, messages=messages, params=params, scope=scope)
+        key = cache_key(model=self.config.model, messages=sent, params=params, scope=scope)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None and isinstance(hit.get("text"), str):
                 self.cache_hits += 1
-                return ModelReply(hit["text"], Usage(cached_calls=1), cached=True, key=key, attempts=0)
+                return self._reply(hit["text"], Usage(cached_calls=1), cached=True, key=key, attempts=0,
+                                   redactor=redactor, sent=sent)
 
         litellm = load_litellm()
         attempts = 0
@@ -229,7 +343,7 @@ class JudgeModel:
                         self.calls += 1
                         response = await litellm.acompletion(
                             model=self.config.model,
-                            messages=messages,
+                            messages=sent,
                             api_base=self.api_base,
                             api_key=self._api_key(),
                             timeout=self.config.timeout_s,
@@ -239,9 +353,12 @@ class JudgeModel:
                         )
         except Exception as exc:  # every provider failure becomes one typed error; none is a grade
             spent = Usage(calls=attempts, seconds=time.perf_counter() - started)
-            kind = type(exc).__name__
-            raise JudgeCallError(f"{kind} after {attempts} attempt(s): {str(exc)[:500]}", attempts,
-                                 _status(exc), spent) from exc
+            kind, status = type(exc).__name__, _status(exc)
+            # Some providers echo the request in their error; the error is stored with the results.
+            detail = scrub_error(str(exc), messages, sent)
+            where = f" (status {status})" if status is not None else ""
+            raise JudgeCallError(f"{kind} after {attempts} attempt(s){where}: {detail}", attempts,
+                                 status, spent) from None
 
         text = response.choices[0].message.content or ""
         usage = getattr(response, "usage", None)
@@ -255,14 +372,23 @@ class JudgeModel:
             cost_known=known,
             seconds=time.perf_counter() - started,
         )
-        return ModelReply(text, spent, cached=False, key=key, attempts=attempts)
+        return self._reply(text, spent, cached=False, key=key, attempts=attempts, redactor=redactor, sent=sent)
+
+    def _reply(self, received: str, usage: Usage, cached: bool, key: str, attempts: int,
+               redactor: Redacting | None, sent: list[dict[str, str]] | None = None) -> ModelReply:
+        if redactor is None:
+            return ModelReply(received, usage, cached=cached, key=key, attempts=attempts)
+        return ModelReply(redactor.restore(received), usage, cached=cached, key=key, attempts=attempts,
+                          received=received, sent=sent,
+                          mapping=dict(redactor.mapping) if self.config.keep_pii else None)
 
     def remember(self, reply: ModelReply, key: str | None = None) -> None:
         """Cache a reply that has passed validation. Errors and malformed replies never get here.
         `key` stores it under another request's key: a valid answer to a re-ask is also the answer
         to the original request, so a rerun does not pay for the malformed first reply again."""
         if self.cache is not None and not reply.cached:
-            self.cache.put(key or reply.key, {"model": self.config.model, "text": reply.text,
+            text = reply.received if reply.received is not None else reply.text  # never restored text
+            self.cache.put(key or reply.key, {"model": self.config.model, "text": text,
                                        "input_tokens": reply.usage.input_tokens,
                                        "output_tokens": reply.usage.output_tokens,
                                        "cost_usd": reply.usage.cost_usd})

@@ -169,6 +169,11 @@ class Exchange(Strict):
     raw_reply: str | None = None
     error: str | None = None
     cached: bool = False
+    redacted: bool = Field(default=False, description="True when personal data was replaced before sending: "
+                           "`messages` and `raw_reply` are then exactly what left and reached the machine, with "
+                           "placeholders such as [EMAIL_1].")
+    pii_mapping: dict[str, str] | None = Field(default=None, description="Placeholder -> original for this "
+                                               "request; written only with --keep-pii.")
     sample: int | None = Field(default=None, description="Which sample (0-based) of a sampled judgement the "
                                "request belongs to; None when the judge was asked once.")
 

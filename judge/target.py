@@ -19,13 +19,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 
 from judge.cache import CACHE_DIR_ENV, JsonCache, default_cache_dir
 from judge.models import JudgeCallError, JudgeConfig, JudgeModel
 from judge.schema import Strict, Usage
+
+if TYPE_CHECKING:
+    from judge.privacy import Redacting
 
 Role = Literal["target", "simulator"]
 
@@ -48,15 +51,24 @@ class EndpointConfig(Strict):
     concurrency: int = Field(default=8, ge=1, le=1024)
     use_cache: bool = True
     cache_dir: Path | None = None
+    local_only: bool = Field(default=False, description="Refuse, before any request, to call the model if it is "
+                             "not on loopback.")
+    redact: bool = Field(default=False, description="Replace personal data in the conversation sent with typed "
+                         "placeholders (judge.redact).")
     litellm_params: dict[str, object] = Field(default_factory=dict)
 
 
 class _EndpointModel(JudgeModel):
     """JudgeModel with its own credentials: the judge's variables are never read."""
 
-    def __init__(self, config: JudgeConfig, role: Role, cache: JsonCache | None) -> None:
+    def __init__(self, config: JudgeConfig, role: Role, cache: JsonCache | None,
+                 redactor: Redacting | None = None) -> None:
         self.role = role
-        super().__init__(config, cache)
+        super().__init__(config, cache, redactor)
+
+    @property
+    def role_name(self) -> str:
+        return self.role
 
     @property
     def api_base(self) -> str | None:
@@ -102,7 +114,7 @@ def cache_folder(cache_dir: Path | None, role: Role) -> Path:
 class ChatEndpoint:
     """A chat model called with a conversation; replies cached once they are usable (non-empty)."""
 
-    def __init__(self, config: EndpointConfig, role: Role) -> None:
+    def __init__(self, config: EndpointConfig, role: Role, redactor: Redacting | None = None) -> None:
         self.config = config
         self.role = role
         cache = JsonCache(cache_folder(config.cache_dir, role)) if config.use_cache else None
@@ -111,8 +123,8 @@ class ChatEndpoint:
             max_tokens=config.max_tokens, timeout_s=config.timeout_s, max_attempts=config.max_attempts,
             retry_initial_wait_s=config.retry_initial_wait_s, retry_max_wait_s=config.retry_max_wait_s,
             concurrency=config.concurrency, structured_output=False, use_cache=cache is not None,
-            litellm_params=dict(config.litellm_params))
-        self._model = _EndpointModel(judge_config, role, cache)
+            local_only=config.local_only, redact=config.redact, litellm_params=dict(config.litellm_params))
+        self._model = _EndpointModel(judge_config, role, cache, redactor)
 
     @property
     def calls(self) -> int:

@@ -275,8 +275,7 @@ class LLMTier:
             try:
                 parsed = parse_reply(reply.text, rubric)
             except ReplyError as exc:
-                exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages),
-                                          raw_reply=reply.text, error=str(exc), cached=reply.cached, sample=sample))
+                exchanges.append(exchange_of(messages, reply, sample, error=str(exc)))
                 if attempt == 1:
                     return _Sample(None, f"malformed judge reply after a re-ask: {exc}", usage, exchanges)
                 messages = [*messages, {"role": "assistant", "content": reply.text}, {
@@ -285,13 +284,23 @@ class LLMTier:
                                f"object, with an answer for every question id: {', '.join(rubric.question_ids)}.",
                 }]
                 continue
-            exchanges.append(Exchange(messages=messages, prompt_sha256=sha256_json(messages),
-                                      raw_reply=reply.text, cached=reply.cached, sample=sample))
+            exchanges.append(exchange_of(messages, reply, sample))
             self.model.remember(reply, key=first.key)
             if reply is not first:
                 self.model.remember(reply)
             return _Sample(parsed, None, usage, exchanges)
         raise AssertionError("unreachable: the loop returns on every path")
+
+
+def exchange_of(messages: list[dict[str, str]], reply: ModelReply, sample: int | None,
+                error: str | None = None) -> Exchange:
+    """The audit record of one answered request: with redaction on, exactly what left the machine and
+    what came back (placeholders in place of personal data), and the mapping only with --keep-pii."""
+    if reply.sent is None:
+        return Exchange(messages=messages, prompt_sha256=sha256_json(messages), raw_reply=reply.text, error=error,
+                        cached=reply.cached, sample=sample)
+    return Exchange(messages=reply.sent, prompt_sha256=sha256_json(reply.sent), raw_reply=reply.received,
+                    error=error, cached=reply.cached, sample=sample, redacted=True, pii_mapping=reply.mapping)
 
 
 def _grade(rubric: Rubric, parsed: dict[str, _ReplyAnswer], sources: list[str]) -> _Graded:
