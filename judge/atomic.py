@@ -31,3 +31,32 @@ def write_text_atomic(path: Path, text: str | Iterable[str], *, mode: int | None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+PRIVATE_DIR_MODE = 0o700
+
+
+def ensure_private_dir(path: Path, *, enforce: bool = False) -> Path:
+    """Create `path`, and any missing parent, owner-only (0700), and return it.
+
+    mkdir's mode is masked by the umask (022 leaves 0755 on a plain mkdir), so every folder made
+    here is chmodded after it is made. A folder that already existed is left as its owner set it
+    (a shared `reports/` folder, a home directory): psyjudge tightens only what it creates, unless
+    `enforce` says the folder is psyjudge's own whoever made it (the judge cache)."""
+    path = path.expanduser()
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by another process: not ours to tighten
+        os.chmod(folder, PRIVATE_DIR_MODE)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path}: not a folder")
+    if enforce:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path

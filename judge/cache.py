@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.schema import sha256_json
 
 CACHE_DIR_ENV = "PSYJUDGE_CACHE_DIR"
@@ -35,9 +35,8 @@ def cache_key(**parts: Any) -> str:
 class JsonCache:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = (directory or default_cache_dir()).expanduser()
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkdir's mode is masked by the umask and ignored for an existing directory: enforce it.
-        os.chmod(self.directory, 0o700)
+        # The cache is psyjudge's own folder whoever made it: 0700 is enforced, not only on creation.
+        ensure_private_dir(self.directory, enforce=True)
         self._made: set[Path] = set()
 
     def _path(self, key: str) -> Path:
@@ -59,7 +58,7 @@ class JsonCache:
     def put(self, key: str, value: dict[str, Any]) -> None:
         path = self._path(key)
         if path.parent not in self._made:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
+            ensure_private_dir(path.parent)
             self._made.add(path.parent)
         # dumps uses the C encoder (dump() does not); entries quote chat logs, so they are 0600.
         write_text_atomic(path, json.dumps(value, ensure_ascii=False))

@@ -136,11 +136,11 @@ def eval_command(
             _fail(_eval_error(exc), EXIT_INPUT if exc.kind == "empty" else EXIT_USAGE)
         score_input, score_columns = input_path, columns
         if sample is not None:
-            from judge.atomic import write_text_atomic
+            from judge.atomic import ensure_private_dir, write_text_atomic
             from judge.evaluation import sample_lines, stratified_sample
 
             chosen = stratified_sample(ingested.records, gold, sample, seed)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(run_dir)
             score_input, score_columns = run_dir / f"sample-{sample}-seed{seed}.jsonl", ColumnMap()
             write_text_atomic(score_input, sample_lines(chosen))
             typer.echo(f"sample: {len(chosen)} of {len(ingested.records)} records, stratified by {gold!r} "
@@ -192,7 +192,7 @@ def gate_command(
 ) -> None:
     """Check a finished run against a release policy. Exit 0 when every threshold passes, 1 when any
     fails (a threshold that cannot be measured fails), 2 for bad usage."""
-    from judge.atomic import write_text_atomic
+    from judge.atomic import ensure_private_dir, write_text_atomic
     from judge.gate import GateError, format_check, junit_xml, load_policy, markdown_summary, run_gate
     from judge.runner import RESULTS_FILE
 
@@ -206,7 +206,7 @@ def gate_command(
     junit_path = junit or results / "gate-junit.xml"
     markdown_path = markdown or results / "gate.md"
     for path, text in ((junit_path, junit_xml(outcome)), (markdown_path, markdown_summary(outcome))):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         write_text_atomic(path, text)
     for check in outcome.checks:
         typer.secho(format_check(check), fg=None if check.passed else typer.colors.RED)

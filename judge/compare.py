@@ -29,7 +29,7 @@ from typing import Any, Literal
 from markupsafe import Markup
 from pydantic import Field
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.outputs import Estimate
 from judge.probes import wilson
 from judge.release_report import (
@@ -471,7 +471,7 @@ def build_compare_html(comparison: Comparison, *, title: str | None = None) -> s
 def write_comparison(comparison: Comparison, out: Path) -> dict[str, Path]:
     """Write compare.json, compare.md and compare.html into `out` (made if missing); their paths.
     The files are owner-only, like everything psyjudge writes that quotes the judged answers."""
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out)
     paths = {"json": out / COMPARE_JSON, "markdown": out / COMPARE_MARKDOWN, "html": out / COMPARE_HTML}
     write_text_atomic(paths["json"], comparison.model_dump_json(indent=2) + "\n")
     write_text_atomic(paths["markdown"], format_comparison(comparison))

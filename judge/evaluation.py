@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.outputs import EVAL_FILE, EVAL_MARKDOWN, Breakdown, Estimate, EvalReport, LabelScores
 from judge.runner import RECORD_VERDICTS_FILE, RESULTS_FILE, SUMMARY_FILE, read_verdicts
 from judge.schema import ERROR, Record, Verdict
@@ -613,7 +613,7 @@ def eval_markdown(report: EvalReport) -> str:
 
 def write_eval(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
     """Write eval.json and eval.md into out_dir; return their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out_dir)
     json_path, md_path = out_dir / EVAL_FILE, out_dir / EVAL_MARKDOWN
     write_text_atomic(json_path, report.model_dump_json(indent=2) + "\n")
     write_text_atomic(md_path, eval_markdown(report))

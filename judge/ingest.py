@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.schema import Record, RecordMeta, RiskTier, Role, Strict, Turn
 
 FORMATS: dict[str, str] = {
@@ -735,5 +735,5 @@ def write_quarantine(path: Path, items: Sequence[Quarantined]) -> None:
     old file or the new one, never half of one. An empty list still writes (an empty file), so
     that rows fixed since the last run stop being reported."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
     write_text_atomic(path, "".join(_quarantine_lines(items)), fsync=True)

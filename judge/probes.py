@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.cascade import Cascade, combine_verdicts
 from judge.framing import strip_apology
 from judge.outputs import PROBES_FILE, Estimate, ProbeFlip, ProbeReport, ProbeResult
@@ -296,7 +296,7 @@ def run_probes(
     if not rubrics:
         raise ValueError("run_probes needs at least one rubric")
     chosen = sample_records(records, sample, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out_dir)
     store = ResultsStore.open(out_dir / PROBE_RESULTS_FILE)
 
     pairs: dict[str, list[tuple[Record, Record]]] = {n: [] for n in names}

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import Field
 from tqdm import tqdm
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.cascade import CascadeConfig
 from judge.models import JudgeConfig, JudgeModel
 from judge.refusal import RefusalDetector, RefusalReading
@@ -383,7 +383,7 @@ def run_target(suites: Sequence[Suite], config: TargetRunConfig, rubrics: Sequen
                judge: JudgeConfig, plan: CascadeConfig, *, retry_errors: bool = False, progress: bool | None = None,
                judge_description: str | None = None) -> TargetRunOutcome:
     """Play, judge and read refusals into out_dir; a rerun resumes every step."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out_dir)
     cases = selected_cases(suites, config.limit)
     store = TranscriptStore.open(out_dir / TRANSCRIPTS_FILE)
     todo = [(s, c) for s, c in cases if store.needs(case_key(s, c), case_hash(c, config), retry_errors)]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from markupsafe import Markup, escape
 from pydantic import BaseModel, ValidationError
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.ledger import CascadeSummary, TierSpend, spends_of, summarise_ledgers
 from judge.outputs import EVAL_FILE, PROBES_FILE, Estimate, EvalReport, ProbeReport
 from judge.release_report import RELEASE_FILE, ReleaseReport, pct
@@ -41,6 +41,8 @@ _M = TypeVar("_M", bound=BaseModel)
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from judge.redact import Redactor
 
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
@@ -55,6 +57,7 @@ MAX_SHOWN_CHARS = 4000
 MAX_CATEGORIES = 30
 """Categories drawn and tabulated; the rest are summed into one row (a free-text column can have thousands)."""
 NO_CATEGORY = "(none)"
+REDACTED_TITLE = " (redacted)"
 
 
 class ReportError(ValueError):
@@ -230,11 +233,15 @@ class Evidence:
 
 
 def place_evidence(response: str, answers: Sequence[Mapping[str, Any] | Answer], *,
-                   shown_chars: int = MAX_SHOWN_CHARS) -> Evidence:
+                   shown_chars: int = MAX_SHOWN_CHARS, redactor: Redactor | None = None) -> Evidence:
     """Highlight the evidence of every "yes" answer in `response` (its first `shown_chars` characters).
     A programmatic answer's span is used as it is (it indexes the original response when `where` is
     "response"); an LLM answer's quote is looked for in the response. Answers are judge.schema.Answer
-    models or their JSON form (a results.jsonl row's)."""
+    models or their JSON form (a results.jsonl row's).
+
+    With a `redactor` (judge.redact.Redactor) the shown text and every quote are redacted: the marks
+    are placed on the original text (where the quotes were found) and then moved onto the redacted
+    text, a mark that ends inside a redacted span widened to cover its placeholder."""
     shown = response[:shown_chars]
     marks: list[Mark] = []
     ev = Evidence(Markup(""), len(shown), len(response))
@@ -248,7 +255,7 @@ def place_evidence(response: str, answers: Sequence[Mapping[str, Any] | Answer],
         where = answer.get("where")
         located: tuple[int, int] | None = None
         if span is not None and where not in (None, "response"):
-            ev.elsewhere.append((qid, str(where), quote))
+            ev.elsewhere.append((qid, str(where), _scrub(quote, redactor)))
             continue
         if span is not None and len(span) == 2 and 0 <= int(span[0]) < int(span[1]) <= len(response):
             located = (int(span[0]), int(span[1]))
@@ -256,18 +263,63 @@ def place_evidence(response: str, answers: Sequence[Mapping[str, Any] | Answer],
             located = find_quote(response, quote)
         if located is None:
             if quote.strip():
-                ev.not_found.append((qid, quote))
+                ev.not_found.append((qid, _scrub(quote, redactor)))
             else:
                 ev.unquoted.append(qid)
             continue
         start, end = located
         if start >= len(shown):
-            ev.elsewhere.append((qid, f"response, character {start:,}", response[start:end]))
+            ev.elsewhere.append((qid, f"response, character {start:,}", _scrub(response[start:end], redactor)))
             continue
         marks.append(Mark(start, min(end, len(shown)), qid))
         ev.marked.append(qid)
+    if redactor is not None:
+        shown, marks = redact_marked(shown, marks, redactor)
     ev.html = highlight(shown, marks)
     return ev
+
+
+def _scrub(text: str, redactor: Redactor | None) -> str:
+    return text if redactor is None or not text else redactor.redact(text).text
+
+
+def redact_marked(text: str, marks: Sequence[Mark], redactor: Redactor) -> tuple[str, list[Mark]]:
+    """`text` with its personal data replaced by the redactor's placeholders, and `marks` moved onto
+    it. The redacted text is rebuilt from the spans the redactor reports, so every mark's offset can
+    be carried over; should the redactor's own text differ (spans it does not report), its text is
+    used and the marks are dropped, since no offset on it can be trusted: privacy before highlights."""
+    redaction = redactor.redact(text)
+    found = sorted((f for f in redaction.found if 0 <= f.start < f.end <= len(text)), key=lambda f: (f.start, -f.end))
+    expected = redaction.text
+    moved: list[tuple[int, int, int, int]] = []  # original start, end -> redacted start, end
+    out: list[str] = []
+    pos = length = 0
+    for item in found:
+        if item.start < pos:
+            continue  # nested in a span already replaced
+        out.append(text[pos:item.start])
+        length += item.start - pos
+        out.append(item.placeholder)
+        moved.append((item.start, item.end, length, length + len(item.placeholder)))
+        length += len(item.placeholder)
+        pos = item.end
+    out.append(text[pos:])
+    redacted = "".join(out)
+    if redacted != expected:
+        return expected, []
+
+    def at(index: int, end: bool) -> int:
+        shift = 0
+        for start, stop, new_start, new_stop in moved:
+            if index <= start:
+                break
+            if index >= stop:
+                shift = new_stop - stop
+                continue
+            return new_stop if end else new_start  # inside a placeholder: cover all of it
+        return index + shift
+
+    return redacted, [Mark(at(m.start, False), at(m.end, True), m.question) for m in marks]
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -538,6 +590,7 @@ class _Tally:
     judges: Counter[str] = field(default_factory=Counter)
     first_created: str | None = None
     last_created: str | None = None
+    redactor: Redactor | None = None
     _heaps: dict[str, list[tuple[float, int, Offender]]] = field(default_factory=dict)
     _seq: int = 0
 
@@ -584,7 +637,8 @@ class _Tally:
         rule = deciding.get("fallback_rule") if row.get("degraded") else deciding.get("fired_rule")
         offender = Offender(str(row["record_id"]), str(row["rubric"]), label, row.get("decided_by"),
                             confidence, rule, bool(row.get("degraded")), row.get("error"), category,
-                            place_evidence(str(row.get("response") or ""), deciding.get("answers") or []))
+                            place_evidence(str(row.get("response") or ""), deciding.get("answers") or [],
+                                           redactor=self.redactor))
         item = (key, -self._seq, offender)
         if len(heap) < MAX_OFFENDERS:
             heapq.heappush(heap, item)
@@ -698,7 +752,7 @@ def _environment() -> Any:
 
 
 def build_report_html(run_dir: Path, *, probes: Path | None = None, category_column: str = "category",
-                      title: str | None = None) -> str:
+                      title: str | None = None, redact: bool = False) -> str:
     """The report page of a run folder, as a string (see write_report)."""
     run_dir = _resolve_run(run_dir)
     summary = _load_summary(run_dir)
@@ -717,7 +771,10 @@ def build_report_html(run_dir: Path, *, probes: Path | None = None, category_col
         raise ReportError(f"{run_dir / RESULTS_FILE}: no verdicts in it"
                           + (f" ({rows.unreadable} unreadable line(s))" if rows.unreadable else ""))
     mode, tiers, plan_source = _plan(summary, first)
-    tally = _Tally(category_column)
+    redactor = _redactor() if redact else None
+    tally = _Tally(category_column, redactor=redactor)
+    if redactor is not None and probe_report is not None:
+        probe_report = _redact_probes(probe_report, redactor)
 
     def ledgers() -> Iterator[tuple[str, Sequence[TierSpend]]]:
         # One pass: the ledger is summed while every other count is taken from the same rows.
@@ -754,7 +811,7 @@ def build_report_html(run_dir: Path, *, probes: Path | None = None, category_col
         figures["release"] = fig_release(figs, release)
 
     context = {
-        "title": title or f"psyjudge report: {run_dir.resolve().name}",
+        "title": (title or f"psyjudge report: {run_dir.resolve().name}") + (REDACTED_TITLE if redact else ""),
         "run_dir": str(run_dir.resolve()),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "summary": summary,
@@ -777,8 +834,24 @@ def build_report_html(run_dir: Path, *, probes: Path | None = None, category_col
         "release": release, "release_file": RELEASE_FILE,
         "release_failures": [o for o in release.outcomes if o.target_failure is not None] if release else [],
         "figures": figures,
+        "redacted": redact,
     }
     return str(_environment().get_template(TEMPLATE).render(**context))
+
+
+def _redactor() -> Redactor:
+    """One redactor for the whole page, so that the same person is the same placeholder throughout.
+    Its mapping back to the originals lives in memory only and is never written."""
+    from judge.redact import Redactor
+
+    return Redactor()
+
+
+def _redact_probes(report: ProbeReport, redactor: Redactor) -> ProbeReport:
+    """The probe report with its example flips' perturbed responses redacted."""
+    probes = [p.model_copy(update={"examples": [x.model_copy(update={"probed_text": _scrub(x.probed_text, redactor)})
+                                                for x in p.examples]}) for p in report.probes]
+    return report.model_copy(update={"probes": probes})
 
 
 def _rubric_keys(summary: Mapping[str, Any], tally: _Tally) -> list[str]:
@@ -789,18 +862,19 @@ def _rubric_keys(summary: Mapping[str, Any], tally: _Tally) -> list[str]:
 
 
 def write_report(run_dir: Path, out: Path | None = None, *, probes: Path | None = None,
-                 category_column: str = "category", title: str | None = None) -> Path:
+                 category_column: str = "category", title: str | None = None, redact: bool = False) -> Path:
     """Write the HTML report of a run folder (default: RUN/report.html) and return its path.
 
     Raises ReportError when the folder is not a run (no results.jsonl, no verdicts), or eval.json,
     probes.json or release.json does not read as judge.outputs and judge.release_report say (the
     message names the file and the field). The file is owner-only, like everything psyjudge writes
-    that quotes the judged responses."""
-    html = build_report_html(run_dir, probes=probes, category_column=category_column, title=title)
+    that quotes the judged responses. With `redact`, every response and quote on the page has its
+    personal data replaced by typed placeholders (judge.redact; crisis-line numbers kept), for sharing."""
+    html = build_report_html(run_dir, probes=probes, category_column=category_column, title=title, redact=redact)
     run = _resolve_run(run_dir)
     target = out if out is not None else run / REPORT_FILE
     if target.is_dir():
         target = target / REPORT_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(target.parent)
     write_text_atomic(target, html)
     return target

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from judge.atomic import write_text_atomic
+from judge.atomic import ensure_private_dir, write_text_atomic
 from judge.cascade import Cascade, CascadeConfig, combine_verdicts
 from judge.datasets import LabelledRow
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
@@ -373,7 +373,7 @@ def run_score(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     ingested = read_records(input_path, columns, input_format)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out_dir)
     write_quarantine(out_dir / QUARANTINE_FILE, ingested.quarantined)
 
     store = ResultsStore.open(out_dir / RESULTS_FILE)
