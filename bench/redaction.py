@@ -150,8 +150,8 @@ def detection_lines(d: dict[str, Any], title: str) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     d, u = result["detection"], result["detection_unseen"]
     lines = ["# Redaction", "", f"Machine: {result['machine']}", ""]
-    lines += detection_lines(u, f"## Detection on examples written after the patterns (datasets/pii/unseen_spans.jsonl, "
-                                f"{u['examples']} texts)")
+    lines += detection_lines(u, "## Detection on examples written after the patterns "
+                                f"(datasets/pii/unseen_spans.jsonl, {u['examples']} texts)")
     lines += detection_lines(d, f"## Detection on the development examples (datasets/pii/spans.jsonl, "
                                 f"{d['examples']} texts; written alongside the patterns, so an upper bound)")
     lines += ["## Rules-tier judging with and without redaction", "",
