@@ -26,10 +26,12 @@ from judge.cli_common import (
     ClassifierRuntimeOpt,
     ConcurrencyOpt,
     JudgeOpt,
+    LocalOnlyOpt,
     ModeOpt,
     NoCacheOpt,
     NoProgramsOpt,
     ProgressOpt,
+    RedactOpt,
     RubricsDir,
     RulesThresholdOpt,
     StrictOpt,
@@ -97,6 +99,8 @@ def eval_command(
     no_programs: NoProgramsOpt = False,
     classifier_model: ClassifierModelOpt = None,
     classifier_runtime: ClassifierRuntimeOpt = "torch",
+    local_only: LocalOnlyOpt = False,
+    redact: RedactOpt = None,
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Agreement of psyjudge's labels with human labels: precision, recall and F1 per label, macro-F1,
@@ -146,7 +150,8 @@ def eval_command(
             typer.echo(f"sample: {len(chosen)} of {len(ingested.records)} records, stratified by {gold!r} "
                        f"(seed {seed}): {score_input}" + (f"; {len(ingested.quarantined)} unreadable row(s) of "
                                                           f"{input_path} quarantined" if ingested.quarantined else ""))
-        options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
+        options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache,
+                                 local_only=local_only, redact=redact)
         with judging(plan, judge, options, rubrics) as (config, description):
             typer.echo(f"scoring {score_input} under {', '.join(rb.key for rb in rubrics)}; mode: {plan.mode}; "
                        f"tiers: {', '.join(plan.tiers)}; judge: {description}", err=True)

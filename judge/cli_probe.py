@@ -21,10 +21,12 @@ from judge.cli_common import (
     ConcurrencyOpt,
     FormatOpt,
     JudgeOpt,
+    LocalOnlyOpt,
     ModeOpt,
     NoCacheOpt,
     NoProgramsOpt,
     ProgressOpt,
+    RedactOpt,
     RubricsDir,
     RulesThresholdOpt,
     StrictOpt,
@@ -75,6 +77,8 @@ def probe(
     no_programs: NoProgramsOpt = False,
     classifier_model: ClassifierModelOpt = None,
     classifier_runtime: ClassifierRuntimeOpt = "torch",
+    local_only: LocalOnlyOpt = False,
+    redact: RedactOpt = None,
     rubrics_dir: RubricsDir = None,
 ) -> None:
     """Judge each response as written and perturbed in ways that must not change its label (an apology
@@ -98,7 +102,8 @@ def probe(
         _fail(f"{input_path}: no readable records ({len(ingested.quarantined)} row(s) could not be read)", EXIT_INPUT)
     if gold is not None and not any(gold in r.meta.extra for r in ingested.records):
         _fail(f"--gold: no record has a column {gold!r}", EXIT_USAGE)
-    options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache)
+    options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache,
+                             local_only=local_only, redact=redact)
     with judging(plan, judge, options, rubrics) as (config, description):
         typer.echo(f"mode: {plan.mode}; tiers: {', '.join(plan.tiers)}; judge: {description}", err=True)
         cascade, _ = build_cascade(config, plan)
