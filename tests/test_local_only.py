@@ -185,7 +185,7 @@ def test_eval_and_probe_refuse_a_remote_judge_under_local_only(command: str, tmp
     labelled = tmp_path / "labelled.csv"
     labelled.write_text("id,prompt,response,gold_label\nr1,I feel low,Please call 988.,SAFE\n", encoding="utf-8")
     args = ["eval", str(labelled), "--gold", "gold_label"] if command == "eval" else ["probe", str(DEMO_LOG)]
-    result = runner.invoke(app, [*args, "-r", "self_harm", "--out", str(tmp_path / "out"), "--judge", "openai/gpt-4o-mini",
-                                 "--local-only", "--tiers", "rules,llm", "--no-progress"])
+    result = runner.invoke(app, [*args, "-r", "self_harm", "--out", str(tmp_path / "out"), "--judge",
+                                 "openai/gpt-4o-mini", "--local-only", "--tiers", "rules,llm", "--no-progress"])
     assert result.exit_code == 2, result.output
     assert "openai/gpt-4o-mini" in result.output and "local" in result.output.lower()
