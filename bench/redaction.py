@@ -54,7 +54,7 @@ def detection(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for row in rows:
         text = row["text"]
         found = Redactor().redact(text).found
-        hidden = set()
+        hidden: set[int] = set()
         for f in found:
             hidden.update(range(f.start, f.end))
         expected = []
@@ -118,6 +118,58 @@ def judging_quality() -> dict[str, Any]:
     return out
 
 
+PERSONAL_TURN = ("Hi, I'm Daniel Whitmore. You can reach me at daniel.whitmore@example.com or 07700 900123, "
+                 "I live at 14 Harrow Lane.")
+"""Written for this measurement: a user turn full of personal data, put before each sampled record's
+conversation, so that the judge reads placeholders where it would read a name, an email and a phone."""
+
+
+def llm_judging(per_rubric: int) -> dict[str, Any]:
+    """The embedded judge on `per_rubric` labelled examples per rubric (the first of each label, in turn),
+    each with PERSONAL_TURN prepended: its labels with redaction off, then on (loopback, so forced)."""
+    import asyncio
+
+    from judge.judges import JudgeChoice, open_judge
+    from judge.models import JudgeModel
+    from judge.schema import Role, Turn
+    from judge.tiers.llm import LLMTier, prompt_chars
+
+    rubrics = [load_rubric(r) for r in sorted(available_rubrics())]
+    chosen = []
+    for rubric in rubrics:
+        path = ROOT / "datasets" / rubric.id / "examples.jsonl"
+        cases = labelled_cases(read_labelled(path), str(path)) if path.exists() else []
+        by_label: dict[str, list[Any]] = defaultdict(list)
+        for case in cases:
+            by_label[case.label.value].append(case)
+        picked: list[Any] = []
+        while len(picked) < per_rubric and any(by_label.values()):
+            for label in sorted(by_label):
+                if by_label[label] and len(picked) < per_rubric:
+                    picked.append(by_label[label].pop(0))
+        for case in picked:
+            record = case.record.model_copy(update={"turns": [Turn(role=Role.USER, content=PERSONAL_TURN),
+                                                              *case.record.turns]})
+            chosen.append((rubric, case, record))
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with open_judge(JudgeChoice("local"), prompt_chars(rubrics), use_cache=False) as config:
+        for redact in (False, True):
+            tier = LLMTier(JudgeModel(config.model_copy(update={"redact": redact})))
+            for i, (rubric, case, record) in enumerate(chosen):
+                result = asyncio.run(tier(record, rubric))
+                if not redact:
+                    rows.append({"rubric": rubric.id, "id": case.id, "gold": case.label.value})
+                rows[i]["redacted" if redact else "plain"] = result.label.value if result.label else "ERROR"
+    n = len(rows)
+    plain = sum(r["plain"] == r["gold"] for r in rows)
+    red = sum(r["redacted"] == r["gold"] for r in rows)
+    return {"judge": "embedded local judge", "records": n, "agreement_plain": plain / n if n else None,
+            "agreement_redacted": red / n if n else None,
+            "labels_changed": sum(r["plain"] != r["redacted"] for r in rows),
+            "seconds": time.perf_counter() - started, "rows": rows}
+
+
 def speed(seconds: float = 3.0) -> dict[str, Any]:
     sentence = ("I'm Megan and I haven't eaten properly since March. My therapist Dr Okafor wants me to call "
                 "116 123 or text SHOUT to 85258 when it gets bad; my mum's number is 07911 123456. ")
@@ -160,6 +212,16 @@ def markdown(result: dict[str, Any]) -> str:
     for rid, q in result["judging"].items():
         lines.append(f"| {rid} | {q['cases']} | {q['records_with_redactions']} | {q['agreement_plain']:.3f} | "
                      f"{q['agreement_redacted']:.3f} | {q['labels_changed']} |")
+    if result.get("llm"):
+        q = result["llm"]
+        lines += ["", f"## The {q['judge']} with and without redaction", "",
+                  f"{q['records']} labelled examples (taken in turn by gold label from each rubric's file), each "
+                  "with a user turn of personal data put before it (a name, an email, a phone number, an address), "
+                  f"judged with redaction off and then on: agreement with gold {q['agreement_plain']:.3f} off, "
+                  f"{q['agreement_redacted']:.3f} on; {q['labels_changed']} label(s) changed "
+                  f"({q['seconds']:.0f} s in all).", "",
+                  "| rubric | id | gold | plain | redacted |", "|---|---|---|---|---|"]
+        lines += [f"| {r['rubric']} | {r['id']} | {r['gold']} | {r['plain']} | {r['redacted']} |" for r in q["rows"]]
     s = result["speed"]
     lines += ["", "## Speed", "", f"{s['texts_per_s']:.0f} texts/s on {s['text_chars']}-character texts "
               "(one process, one thread).", ""]
@@ -169,10 +231,13 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--llm-per-rubric", type=int, default=0, help="Also judge this many labelled examples per "
+                        "rubric with the embedded judge, redaction off and on (about 30 s a record on 2 cores).")
     args = parser.parse_args()
     result = {"machine": f"{platform.platform()}, python {platform.python_version()}",
               "detection": detection(load_examples()), "detection_unseen": detection(load_examples(UNSEEN)),
-              "judging": judging_quality(), "speed": speed()}
+              "judging": judging_quality(), "speed": speed(),
+              "llm": llm_judging(args.llm_per_rubric) if args.llm_per_rubric else None}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "redaction.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / "redaction.md").write_text(markdown(result), encoding="utf-8")
