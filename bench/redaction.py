@@ -154,13 +154,16 @@ def llm_judging(per_rubric: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     with open_judge(JudgeChoice("local"), prompt_chars(rubrics), use_cache=False) as config:
-        for redact in (False, True):
-            tier = LLMTier(JudgeModel(config.model_copy(update={"redact": redact})))
-            for i, (rubric, case, record) in enumerate(chosen):
-                result = asyncio.run(tier(record, rubric))
-                if not redact:
-                    rows.append({"rubric": rubric.id, "id": case.id, "gold": case.label.value})
-                rows[i]["redacted" if redact else "plain"] = result.label.value if result.label else "ERROR"
+        async def judge_all() -> None:  # one event loop for every call (litellm's workers keep to it)
+            for redact in (False, True):
+                tier = LLMTier(JudgeModel(config.model_copy(update={"redact": redact})))
+                for i, (rubric, case, record) in enumerate(chosen):
+                    result = await tier(record, rubric)
+                    if not redact:
+                        rows.append({"rubric": rubric.id, "id": case.id, "gold": case.label.value})
+                    rows[i]["redacted" if redact else "plain"] = result.label.value if result.label else "ERROR"
+
+        asyncio.run(judge_all())
     n = len(rows)
     plain = sum(r["plain"] == r["gold"] for r in rows)
     red = sum(r["redacted"] == r["gold"] for r in rows)

@@ -60,3 +60,32 @@ def ensure_private_dir(path: Path, *, enforce: bool = False) -> Path:
     if enforce:
         os.chmod(path, PRIVATE_DIR_MODE)
     return path
+
+
+def append_line(path: Path, line: str) -> int:
+    """Append one line (a newline is added) with a single O_APPEND write, creating the file 0600, and
+    return the offset where the line starts. Whole-line appends are not interleaved by the kernel, so
+    several processes can share the file, and a kill loses at most the line being written."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):  # regular files write whole, but never assume it
+            written += os.write(fd, data[written:])
+        return os.lseek(fd, 0, os.SEEK_CUR) - len(data)
+    finally:
+        os.close(fd)
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Cut off a last line left without its newline by a kill mid-write (it is not a record), so that
+    the next append starts on a clean line; the number of bytes cut (0 when none or no file)."""
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        handle.truncate(keep)
+        return len(data) - keep

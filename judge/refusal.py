@@ -20,7 +20,6 @@ the rules first and asks the LLM only when the rules are unsure; a failed LLM re
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from judge.framing import delimiter_tag, neutralise, strip_apology
 from judge.models import JudgeCallError, JudgeModel, ModelReply
 from judge.schema import Strict, Usage, sha256_json
+from judge.tiers.llm import ReplyError, reply_object
 
 SCOPE = "refusal@1"  # enters the cache key: bump it when the templates or the schema change
 
@@ -428,7 +428,6 @@ def _took_on(seen: _Text) -> RefusalReading:
 # --- the LLM reading -------------------------------------------------------------------------------
 
 _TEMPLATES = Path(__file__).parent / "templates"
-_FENCED = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
 class RefusalReplyError(ValueError):
@@ -481,14 +480,10 @@ def build_messages(prompt: str | None, response: str) -> list[dict[str, str]]:
 
 def parse_reply(text: str) -> tuple[RefusalLabel, str]:
     """The label and reasoning from a reply, or RefusalReplyError saying exactly what is wrong."""
-    fenced = _FENCED.match(text)
-    body = fenced.group(1) if fenced else text.strip()
     try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise RefusalReplyError(f"not valid JSON ({exc.msg} at position {exc.pos})") from exc
-    if not isinstance(data, dict):
-        raise RefusalReplyError('expected a JSON object with "reasoning" and "label"')
+        data = reply_object(text)
+    except ReplyError as exc:
+        raise RefusalReplyError(f'{exc} (expected a JSON object with "reasoning" and "label")') from exc
     try:
         reply = _Reply.model_validate(data)
     except ValidationError as exc:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import Any, Literal
 from pydantic import Field
 from tqdm import tqdm
 
-from judge.atomic import ensure_private_dir, write_text_atomic
+from judge.atomic import append_line, cut_torn_tail, ensure_private_dir, write_text_atomic
 from judge.cascade import CascadeConfig
 from judge.models import JudgeConfig, JudgeModel
 from judge.refusal import RefusalDetector, RefusalReading
@@ -147,10 +146,7 @@ class TranscriptStore:
     def open(cls, path: Path) -> TranscriptStore:
         store = cls(path)
         if path.exists():
-            with open(path, "rb+") as handle:
-                data = handle.read()
-                if data and not data.endswith(b"\n"):
-                    handle.truncate(data.rfind(b"\n") + 1)
+            cut_torn_tail(path)
             with open(path, encoding="utf-8") as handle:
                 for number, line in enumerate(handle, start=1):
                     try:
@@ -168,14 +164,7 @@ class TranscriptStore:
         return prior.failure is not None and retry_errors
 
     def append(self, transcript: Transcript) -> None:
-        line = (transcript.model_dump_json() + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            written = os.write(fd, line)
-            while written < len(line):
-                written += os.write(fd, line[written:])
-        finally:
-            os.close(fd)
+        append_line(self.path, transcript.model_dump_json())
         self.done[transcript.key] = transcript
 
 
@@ -311,7 +300,7 @@ def _read_refusals(path: Path) -> dict[str, RefusalRow]:
                 try:
                     row = RefusalRow.model_validate_json(line)
                 except ValueError:
-                    continue  # a torn last line: that answer is read again
+                    continue  # an unreadable line: that answer is read again
                 rows[row.record_id] = row
     return rows
 
@@ -320,6 +309,7 @@ async def read_refusals(items: Sequence[tuple[str, str | None, str]], path: Path
                         concurrency: int, retry_errors: bool) -> dict[str, RefusalRow]:
     """The refusal reading of every (record id, prompt, answer), appended as each is made; a reading
     already stored for the same answer text is kept (an error one is redone with retry_errors)."""
+    cut_torn_tail(path)
     done = _read_refusals(path)
     todo = []
     for record_id, prompt, answer in items:
@@ -332,11 +322,7 @@ async def read_refusals(items: Sequence[tuple[str, str | None, str]], path: Path
     async def worker() -> None:
         for record_id, prompt, answer, sha in source:
             row = RefusalRow(record_id=record_id, response_sha256=sha, reading=await detector(prompt, answer))
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, (row.model_dump_json() + "\n").encode("utf-8"))
-            finally:
-                os.close(fd)
+            append_line(path, row.model_dump_json())
             done[record_id] = row
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(todo))))))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from judge.atomic import ensure_private_dir, write_text_atomic
+from judge.atomic import append_line, cut_torn_tail, ensure_private_dir, write_text_atomic
 from judge.cascade import Cascade, CascadeConfig, combine_verdicts
 from judge.datasets import LabelledRow
 from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
@@ -96,15 +95,7 @@ class ResultsStore:
         return store
 
     def _repair_tail(self) -> None:
-        """A kill in the middle of a write can leave a last line without its newline. It is not a
-        result: cut it off so that the next append starts on a clean line."""
-        with open(self.path, "rb+") as handle:
-            data = handle.read()
-            if not data or data.endswith(b"\n"):
-                return
-            keep = data.rfind(b"\n") + 1
-            handle.truncate(keep)
-            self.repaired_bytes = len(data) - keep
+        self.repaired_bytes = cut_torn_tail(self.path)
 
     def _load(self) -> None:
         offset = 0
@@ -137,15 +128,7 @@ class ResultsStore:
         return (prior.label == ERROR or prior.degraded) and retry_errors
 
     def append(self, verdict: Verdict) -> None:
-        line = (verdict.model_dump_json() + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            written = os.write(fd, line)
-            while written < len(line):  # regular files write whole, but never assume it
-                written += os.write(fd, line[written:])
-            offset = os.lseek(fd, 0, os.SEEK_CUR) - len(line)
-        finally:
-            os.close(fd)
+        offset = append_line(self.path, verdict.model_dump_json())
         u = verdict.usage
         self.done[(verdict.record_id, verdict.rubric)] = _Done(
             verdict.label_name, verdict.rubric, verdict.record_sha256, verdict.rubric_sha256,

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import pandas as pd
-from pydantic import AfterValidator, Field, StringConstraints, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, ValidationError, model_validator
 
 from judge.rubrics import DefinitionError, RubricError, load_yaml
 from judge.schema import Identifier, Strict, sha256_json
@@ -259,6 +259,20 @@ def _read_yaml(path: Path) -> Any:
 # --- folders --------------------------------------------------------------------------------------
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _read_model(path: Path, model: type[_M], expected: str) -> _M:
+    """A YAML file read into `model`; SuiteError names the file and the field at fault."""
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SuiteError(path, "(top level)", f"expected {expected}, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_problem(path, raw, exc) from exc
+
+
 def builtin_suites_dir() -> Path:
     """The suites shipped inside the installed package, or the source folder in a checkout that has
     not been reinstalled since the suites were added (never the current directory)."""
@@ -286,13 +300,7 @@ def load_suite_folder(folder: Path) -> Suite:
     card_path = folder / CARD_FILE
     if not card_path.is_file():
         raise SuiteError(card_path, "file", f"not found; a suite folder holds a {CARD_FILE}")
-    raw_card = _read_yaml(card_path)
-    if not isinstance(raw_card, dict):
-        raise SuiteError(card_path, "(top level)", f"expected a mapping of fields, got {type(raw_card).__name__}")
-    try:
-        card = SuiteCard.model_validate(raw_card)
-    except ValidationError as exc:
-        raise _validation_problem(card_path, raw_card, exc) from exc
+    card = _read_model(card_path, SuiteCard, "a mapping of fields")
     if len(set(card.files)) != len(card.files) or CARD_FILE in card.files:
         raise SuiteError(card_path, "files", f"each case file once, and not {CARD_FILE} itself")
     not_yaml = [name for name in card.files if not name.endswith((".yaml", ".yml"))]
@@ -313,13 +321,7 @@ def load_suite_folder(folder: Path) -> Suite:
         if not path.is_file():
             raise SuiteError(card_path, "files", f"{name} not found in {folder}")
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-        raw = _read_yaml(path)
-        if not isinstance(raw, dict):
-            raise SuiteError(path, "(top level)", f"expected a mapping with a cases: list, got {type(raw).__name__}")
-        try:
-            parsed = _CaseFile.model_validate(raw)
-        except ValidationError as exc:
-            raise _validation_problem(path, raw, exc) from exc
+        parsed = _read_model(path, _CaseFile, "a mapping with a cases: list")
         for i, case in enumerate(parsed.cases):
             here = f"{path.name} cases.{i}"
             if case.id in first_seen:

@@ -113,15 +113,24 @@ def response_format(rubric: Rubric, compact: bool = False) -> dict[str, Any]:
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
-def parse_reply(text: str, rubric: Rubric) -> dict[str, _ReplyAnswer]:
-    """Read the answers from a reply, or raise ReplyError saying exactly what is wrong."""
+def reply_object(text: str) -> dict[str, Any]:
+    """The JSON object a structured reply holds (a ```json fence around it allowed), or ReplyError
+    saying what is wrong. Only this object is ever read: text around it is never a grade."""
     fenced = _FENCE.match(text)
     body = fenced.group(1) if fenced else text.strip()
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
         raise ReplyError(f"not valid JSON ({exc.msg} at position {exc.pos})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("answers"), dict):
+    if not isinstance(data, dict):
+        raise ReplyError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_reply(text: str, rubric: Rubric) -> dict[str, _ReplyAnswer]:
+    """Read the answers from a reply, or raise ReplyError saying exactly what is wrong."""
+    data = reply_object(text)
+    if not isinstance(data.get("answers"), dict):
         raise ReplyError('expected a JSON object with an "answers" object')
     raw = data["answers"]
     missing = [q for q in rubric.question_ids if q not in raw]
