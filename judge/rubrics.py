@@ -276,7 +276,23 @@ class Rubric:
 
 class _RubricLoader(yaml.SafeLoader):
     """YAML 1.1 reads yes/no/on/off as booleans, which would turn `yes: risk_present` and an
-    answer of `no` into True/False. Rubric files follow YAML 1.2 here: only true/false are bools."""
+    answer of `no` into True/False. Rubric files follow YAML 1.2 here: only true/false are bools.
+
+    A key written twice in one mapping is an error (YAML 1.2 says keys are unique): PyYAML would
+    keep the last and silently drop the first, so a second `lexicons:` or a repeated answer would
+    discard a clinician's edit without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {key!r} twice (first on line {seen[key].line + 1}); keep one", key_node.start_mark)
+            if isinstance(key, str):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _RubricLoader.yaml_implicit_resolvers = {

@@ -14,6 +14,7 @@ from judge.rubrics import (
     builtin_rubrics_dir,
     check_examples,
     load_rubric,
+    load_yaml,
 )
 from judge.schema import AnswerValue, Label
 
@@ -212,3 +213,10 @@ def test_an_unknown_crisis_line_population_is_refused(tmp_path: Path) -> None:
     folder = _break(tmp_path, "resource_populations: [general, youth]", "resource_populations: [general, teens]")
     with pytest.raises(RubricError, match=r"resource_populations\.1: unknown population 'teens'; expected one of"):
         load_rubric(str(folder))
+
+
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    # PyYAML keeps the last of two equal keys; a second `lexicons:` would silently drop the first.
+    (tmp_path / "twice.yaml").write_text("id: x\nlexicons:\nlexicons:\n  a: {terms: [b]}\n", encoding="utf-8")
+    with pytest.raises(RubricError, match=r"line 3.*'lexicons' twice \(first on line 2\)"):
+        load_yaml(tmp_path / "twice.yaml")
