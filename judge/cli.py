@@ -359,7 +359,7 @@ def doctor(
 
 
 # Commands that live in their own modules, added last so that each can import the shared options.
-from judge import cli_compare, cli_eval, cli_probe, cli_purge, cli_report, cli_run, cli_suites  # noqa: E402
+from judge import cli_compare, cli_eval, cli_probe, cli_purge, cli_report, cli_run, cli_studio, cli_suites  # noqa: E402
 
 cli_eval.register(app)
 cli_probe.register(app)
@@ -368,6 +368,7 @@ cli_run.register(app)
 cli_suites.register(app)
 cli_compare.register(app)
 cli_purge.register(app)
+cli_studio.register(app)
 
 
 def main() -> None:

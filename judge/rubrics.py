@@ -304,11 +304,12 @@ _RubricLoader.add_implicit_resolver(
 )
 
 
-def load_yaml(path: Path) -> Any:
+def load_yaml(path: Path, text: str | None = None) -> Any:
     """Read a clinician-edited YAML file the YAML 1.2 way (yes/no stay words); a syntax error names
-    the line and column. Rubrics, partials and the resource registry all load through here."""
+    the line and column. Rubrics, partials and the resource registry all load through here. `text`,
+    when given, is read as though it were the file's content (the studio checks a draft so)."""
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_RubricLoader)
+        return yaml.load(path.read_text(encoding="utf-8") if text is None else text, Loader=_RubricLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
@@ -467,14 +468,16 @@ def builtin_rubrics_dir() -> Path:
     return Path(str(resources.files("judge.builtin_rubrics")))
 
 
-def _fingerprint(folder: Path, shared: Sequence[Path]) -> str:
+def _fingerprint(folder: Path, shared: Sequence[Path], draft: str | None = None) -> str:
     """A hash of every file that can change what the rubric asks or decides: its own folder, and
-    the shared templates and partials it can reach."""
+    the shared templates and partials it can reach. `draft` stands in for the rubric.yaml on disk."""
     digest = hashlib.sha256()
     for base in (folder, *shared):
         for file in sorted(base.glob("*")):
             if file.is_file() and file.suffix in (".yaml", ".yml", ".j2"):
-                digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+                data = draft.encode() if draft is not None and base == folder and file.name == RUBRIC_FILE \
+                    else file.read_bytes()
+                digest.update(file.name.encode() + b"\0" + data + b"\0")
     # Saved judging programs answer sub-questions in the rules tier: a changed program is a changed rubric.
     for file in sorted((folder / "programs").glob("*")):
         if file.is_file() and file.suffix in (".py", ".yaml"):
@@ -496,13 +499,15 @@ _SAMPLE_CONTEXT: dict[str, Any] = {
 }
 
 
-def load_rubric_folder(folder: Path) -> Rubric:
-    """Load and fully check one rubric folder. Every problem names the file and the field."""
+def load_rubric_folder(folder: Path, text: str | None = None) -> Rubric:
+    """Load and fully check one rubric folder. Every problem names the file and the field. `text`,
+    when given, is an unsaved draft of the folder's rubric.yaml: it is checked and loaded exactly as
+    the file would be (same messages, same templates and partials), with its own fingerprint."""
     folder = folder.resolve()
     path = folder / RUBRIC_FILE
-    if not path.is_file():
+    if text is None and not path.is_file():
         raise RubricError(path, "file", "not found; a rubric folder holds a rubric.yaml")
-    raw = load_yaml(path)
+    raw = load_yaml(path, text)
     if not isinstance(raw, dict):
         raise RubricError(path, "(top level)", f"expected a mapping of fields, got {type(raw).__name__}")
     shared = _shared_dirs(folder)
@@ -525,7 +530,7 @@ def load_rubric_folder(folder: Path) -> Rubric:
         lstrip_blocks=True,
     )
     checks = _compile_rubric_checks(path, spec)
-    rubric = Rubric(spec, folder, _fingerprint(folder, shared), env, rules, applies, checks)
+    rubric = Rubric(spec, folder, _fingerprint(folder, shared, text), env, rules, applies, checks)
     # A trial render at load time: a template that is missing, misspells a variable or tries to
     # leave the sandbox fails now, naming its file, not halfway through a batch.
     for which in ("system", "user"):

@@ -365,6 +365,8 @@ class RubricSpec(Strict):
 
     id: Identifier
     version: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")]
+    change_note: str = Field(default="", description="Why this version differs from the one before it; the "
+                             "studio writes it on save, with the same note in CHANGELOG.md beside the rubric.")
     title: str = Field(min_length=3)
     owner: str = Field(min_length=2)
     description: str = Field(min_length=10)

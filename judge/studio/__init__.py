@@ -1,0 +1,1 @@
+"""The rubric studio: a local web app where clinicians edit, test and version rubrics."""
