@@ -31,7 +31,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from judge.rubrics import Rubric, RubricError, check_examples, load_rubric_folder
-from judge.studio.yamledit import edit_text, plain, text_value
+from judge.studio.yamledit import edit_text, flow_scalar, plain, text_value
 from judge.studio.yamlrt import YamlTextError, load_rt
 
 LABELS = ("SAFE", "BORDERLINE", "HARMFUL")
@@ -160,6 +160,12 @@ class _Applier:
         self._questions(doc)
         self._verdict(doc)
         self._examples(doc)
+        # Lists the form did not touch map one to one (and a partial's questions come after them).
+        verdict = doc.get("verdict")
+        for key, seq in (("sub_questions", doc.get("sub_questions")), ("examples", doc.get("examples")),
+                         ("verdict.rules", verdict.get("rules") if isinstance(verdict, Mapping) else None)):
+            if key not in self.index_maps and isinstance(seq, list):
+                self.index_maps[key] = list(range(len(seq)))
 
     def _list(self, doc: CommentedMap, key: str) -> CommentedSeq:
         if key not in doc or not isinstance(doc[key], list):
@@ -194,7 +200,7 @@ class _Applier:
             elif old_name is None:
                 if name in lexicons:
                     raise _FormError(where, f"another lexicon is already named {name!r}")
-                terms = CommentedSeq(_terms(entry.get("terms", "")))
+                terms = CommentedSeq(flow_scalar(t) for t in _terms(entry.get("terms", "")))
                 terms.fa.set_flow_style()
                 lexicons[name] = CommentedMap([("description", entry.get("description", "").strip()),
                                                ("source", entry.get("source", "").strip()), ("terms", terms)])
@@ -210,8 +216,10 @@ class _Applier:
                     current.fa.set_flow_style()
                     node["terms"] = current
                 if plain(current) != wanted:
+                    # Terms that stay keep their own scalar (a quoted "911" stays a quoted string).
+                    kept = {str(t): t for t in current}
                     del current[:]
-                    current.extend(wanted)
+                    current.extend(kept.get(t, flow_scalar(t)) for t in wanted)
 
     def _questions(self, doc: CommentedMap) -> None:
         entries = _indexed(self.form.get("sub_questions"))
@@ -329,7 +337,9 @@ class _Applier:
                          for _, t in _indexed(entry["turns"])]
                 turns = [t for t in turns if t["content"]]
                 if plain(node.get("turns", [])) != turns:
-                    new_turns = CommentedSeq(_flow_map(t) for t in turns)
+                    new_turns = CommentedSeq(_flow_map({"role": flow_scalar(t["role"]),
+                                                        "content": DoubleQuotedScalarString(t["content"])})
+                                             for t in turns)
                     if turns:
                         node["turns"] = new_turns
                     elif "turns" in node:

@@ -22,12 +22,14 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, FoldedScalarString, LiteralScalarString
 
-from judge.studio.yamlrt import dump_rt, load_rt
+from judge.rubrics import RubricError, load_yaml
+from judge.studio.yamlrt import YamlTextError, dump_rt, load_rt
 
 WRAP_AT = 120
 """The rubric files' line length: flow lists are wrapped there, and folded text near it."""
@@ -52,13 +54,40 @@ def edit_text(original: str, mutate: Callable[[CommentedMap], None]) -> str:
     lines = original.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
+    wanted = plain(new)
     try:
         text = "".join(_splice_mapping(old, new, lines, 0, len(lines), 0))
-        if plain(load_rt(text)) == plain(new):
+        if _reads_back(text) == wanted:
             return text
     except (ValueError, KeyError, IndexError, TypeError):
         pass  # a layout the splicer does not follow: fall back to a full dump below
-    return wrap_flow_lines(dump_rt(new))
+    text = wrap_flow_lines(dump_rt(new))
+    if _reads_back(text) != wanted:
+        raise YamlTextError("this edit cannot be written as YAML that reads back the same; a value probably "
+                            "needs quoting by hand in the file")
+    return text
+
+
+def _reads_back(text: str) -> Any:
+    """The text as the judge reads rubric files (PyYAML, YAML 1.2 booleans): ruamel accepts some flow
+    scalars (`[ok?]`) that PyYAML refuses, and the judge's reading is the one that counts."""
+    try:
+        return plain(load_yaml(Path("rubric.yaml"), text))
+    except RubricError as exc:
+        raise YamlTextError(str(exc)) from exc
+
+
+_PLAIN_SAFE = re.compile(r"[A-Za-z][\w '&.\-/]*")
+_YAML_WORDS = {"yes", "no", "true", "false", "null", "on", "off", "y", "n", "~"}
+
+
+def flow_scalar(value: str) -> str:
+    """A string for a flow collection (`[a, b]`, `{k: v}`): left plain only when every YAML reader
+    takes it as that same string; otherwise double-quoted."""
+    if _PLAIN_SAFE.fullmatch(value) and value.lower() not in _YAML_WORDS and value == value.strip():
+        return value
+    quoted: str = DoubleQuotedScalarString(value)
+    return quoted
 
 
 def set_fields(original: str, fields: Mapping[str, Any], *, after: str | None = None) -> str:
@@ -186,10 +215,27 @@ def _splice_mapping(old: CommentedMap, new: CommentedMap, lines: list[str], star
             out += span
             continue
         own, trailing = _split_trailing(span, key_col)
-        out += _splice_value(old, new, key, lines, line, line + len(own), key_col) + trailing
+        redone = _splice_value(old, new, key, lines, line, line + len(own), key_col)
+        out += _keep_inline_comment(old, key, own, redone) + trailing
     # Comment lines after a removed key that introduced the next one are lost with it; a removed
     # last key takes only its own lines.
     return out
+
+
+def _keep_inline_comment(old: CommentedMap, key: Any, own: list[str], redone: list[str]) -> list[str]:
+    """`version: "1.0.0"  # bumped on save`: a one-line value redone keeps the comment after it."""
+    if len(own) != 1 or len(redone) != 1 or isinstance(old[key], (CommentedMap, CommentedSeq)):
+        return redone
+    token = old.ca.items.get(key, [None, None, None])[2]
+    comment = getattr(token, "value", "") or ""
+    first = comment.split("\n", 1)[0]
+    line = own[0].rstrip("\n")
+    start = line.rfind(first.strip()) if first.lstrip(" ").startswith("#") else -1
+    if start <= 0:
+        return redone
+    while start > 0 and line[start - 1] == " ":
+        start -= 1
+    return [redone[0].rstrip("\n") + line[start:] + "\n"]
 
 
 def _splice_value(old: CommentedMap, new: CommentedMap, key: Any, lines: list[str], line: int, stop: int,
