@@ -10,6 +10,11 @@ give the most severe of them, and the verdict is marked degraded; with no fallba
 Every verdict carries a ledger: one line per tier of the plan, saying whether it ran, what it said,
 and what it cost (calls, tokens, money, seconds). judge.ledger sums the ledgers of a run.
 
+A caller with a latency budget (judge.serve) hands `Cascade.judge` a Deadline: asked before each
+tier starts, it can stop the escalation there. The tiers not run are `skipped` in the ledger and the
+verdict is the fallback of those that ran, marked degraded (ERROR when they offer none), exactly as
+when the last tier fails. Without a deadline nothing changes.
+
 A record judged under several rubrics gets one combined verdict: the most severe label among the
 rubrics that apply to it, with every rubric's own verdict kept inside.
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import Field, model_validator
 
@@ -114,6 +119,12 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"rules": 0.9}
 """The rules tier decides only through high-precision checks (confidence 0.9 and up by convention)."""
 
 
+class Deadline(Protocol):
+    """A per-call limit on escalation: asked, before each tier starts, whether it may still run."""
+
+    def allows(self, tier: str) -> bool: ...
+
+
 def _entry(result: TierResult, outcome: LedgerOutcome, seconds: float, stops: bool) -> LedgerEntry:
     u = result.usage
     return LedgerEntry(tier=result.tier, outcome=outcome, label=result.label, confidence=result.confidence,
@@ -157,14 +168,20 @@ class Cascade:
             result = result.model_copy(update={"label": None})
         return result, time.perf_counter() - started
 
-    async def judge(self, record: Record, rubric: Rubric) -> Verdict:
+    async def judge(self, record: Record, rubric: Rubric, deadline: Deadline | None = None) -> Verdict:
+        """The verdict of one record under one rubric. With a `deadline`, a tier it does not allow is
+        not run, nor any after it."""
         started = time.perf_counter()
         results: list[TierResult] = []
         seconds: list[float] = []
         stops: list[bool] = []
         first_sure: int | None = None  # the tier the cascade stops at
+        stopped_before: str | None = None  # the tier the deadline did not allow
         for position, tier in enumerate(self.tiers):
             if first_sure is not None and self.mode != "all":
+                break
+            if deadline is not None and not deadline.allows(tier.name):
+                stopped_before = tier.name
                 break
             result, took = await self._run(tier, record, rubric)
             results.append(result)
@@ -215,6 +232,8 @@ class Cascade:
         error = None
         if decided is None:
             error = "; ".join(errors) or "no tier gave a label"
+            if stopped_before is not None:
+                error = f"stopped before the {stopped_before} tier by the deadline; {error}"
             if self.strict and errors:
                 error = f"strict: no fallback after a tier failed: {error}"
         return Verdict(

@@ -359,7 +359,17 @@ def doctor(
 
 
 # Commands that live in their own modules, added last so that each can import the shared options.
-from judge import cli_compare, cli_eval, cli_probe, cli_purge, cli_report, cli_run, cli_studio, cli_suites  # noqa: E402
+from judge import (  # noqa: E402
+    cli_compare,
+    cli_eval,
+    cli_probe,
+    cli_purge,
+    cli_report,
+    cli_run,
+    cli_serve,
+    cli_studio,
+    cli_suites,
+)
 
 cli_eval.register(app)
 cli_probe.register(app)
@@ -369,6 +379,7 @@ cli_suites.register(app)
 cli_compare.register(app)
 cli_purge.register(app)
 cli_studio.register(app)
+cli_serve.register(app)
 
 
 def main() -> None:

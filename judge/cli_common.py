@@ -5,6 +5,7 @@ the judge and the cascade, so that score, eval and probe take them the same way.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
@@ -43,6 +44,23 @@ def _check_classifier(model: str | None, runtime: Literal["torch", "onnx", "onnx
 def _fail(message: str, code: int) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket for a served command (studio, serve), bound here so that a busy port is a usage
+    error before anything starts, and so that --port 0 can say which port it got. It listens before
+    the address is printed: a client that connects at once is queued, not refused."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        _fail(f"--host {host} --port {port}: cannot listen: {exc.strerror or exc}", EXIT_USAGE)
+    sock.set_inheritable(True)
+    return sock
 
 
 def _rubric(ref: str, dirs: list[Path] | None) -> Rubric:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import secrets
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,21 +21,14 @@ from judge.cli_common import (
     _fail,
     _judge,
     _judge_options,
+    bind_socket,
 )
+from judge.privacy import is_loopback_host
 
 if TYPE_CHECKING:
     from judge.studio.app import StudioSettings
 
 TOKEN_ENV = "PSYJUDGE_STUDIO_TOKEN"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _rubrics_root(rubrics: Path, copy_builtins: bool) -> Path:
@@ -130,7 +121,7 @@ def studio(
     if data is not None and not data.is_file():
         _fail(f"--data: no such file: {data}", EXIT_USAGE)
     root = _rubrics_root(rubrics, copy_builtins)
-    loopback = is_loopback(host)
+    loopback = is_loopback_host(host)
     if token == "auto" or (token is None and not loopback):
         token = secrets.token_urlsafe(18)
     if not loopback:
@@ -139,15 +130,9 @@ def studio(
                     err=True, fg=typer.colors.YELLOW)
     tier_names = _tiers(tiers, judge)
     options = _judge_options(api_base, api_key, 4, 4, 120.0, cache_dir, no_cache)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        _fail(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE)
-    bound = sock.getsockname()[1]
-    shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
+    sock = bind_socket(host, port)
+    bound_host, bound = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     with studio_settings(root, data, tier_names, judge, options, token, loopback) as settings:
         url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
         typer.echo(f"psyjudge studio: editing {root}; test runs use {', '.join(tier_names)}\n"

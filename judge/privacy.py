@@ -79,8 +79,13 @@ def is_loopback_url(url: str | None) -> bool:
     if not url:
         return False
     host = _host(url)
-    if not host:
-        return False
+    return bool(host) and is_loopback_host(host or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host (an address, `[::1]`, or a name) is this machine; see is_loopback_url. Also what
+    the studio and the guardrail service check before listening anywhere else."""
+    host = host.strip().strip("[]")
     if host.lower() in LOOPBACK_NAMES:
         return True
     try:

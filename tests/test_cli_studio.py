@@ -17,7 +17,7 @@ import httpx
 from typer.testing import CliRunner
 
 from judge.cli import app
-from judge.cli_studio import is_loopback
+from judge.privacy import is_loopback_host as is_loopback
 
 
 def test_a_folder_without_rubrics_is_refused_with_the_fix(tmp_path: Path) -> None:
