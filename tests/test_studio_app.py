@@ -260,7 +260,8 @@ def test_a_stale_concurrent_save_is_refused(studio: tuple[TestClient, Path]) -> 
     stale = post(client, "/rubrics/eating_disorders/save", {**second, "note": "Second", "author": "B"}, csrf)
     assert stale.status_code == 409
     message = stale.json()["error"]
-    assert "changed after you opened it" in message and "1.1.0" in message and "First" in message
+    assert "NOT saved" in message and "changed after you opened it" in message
+    assert "1.1.0" in message and "First" in message
     assert _tree(root) == after_first
     assert load_rubric_folder(root / "eating_disorders").spec.title.endswith("(first editor)")
     checked = post(client, "/rubrics/eating_disorders/check", second, csrf).json()

@@ -26,7 +26,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from judge.rubrics import Rubric, RubricError, check_examples, example_records, load_rubric_folder
 from judge.studio.drafts import ANSWERS, LABELS, ROLES, Draft, Problem, apply_form, check_text
 from judge.studio.security import CSRF_FIELD, LOOPBACK_HOSTS, Guard, guard_middleware, session_of
-from judge.studio.store import RubricStore, StaleVersion, StoreError
+from judge.studio.store import RubricStore, StoreError
 from judge.studio.testrun import CaseRunner
 from judge.studio.yamledit import plain
 from judge.studio.yamlrt import YamlTextError, load_rt
@@ -207,9 +207,8 @@ def create_app(settings: StudioSettings) -> FastAPI:
     async def save(request: Request, rubric_id: str) -> JSONResponse:
         form = await form_of(request)
         base_sha = str(form.get("base_sha") or "")
-        draft, _, sha = draft_from(rubric_id, form)
-        if base_sha != sha:
-            raise StaleVersion(_stale_message(store, rubric_id))
+        store.check_fresh(rubric_id, base_sha)
+        draft, _, _ = draft_from(rubric_id, form)
         if not draft.ok or draft.text is None:
             return JSONResponse({"ok": False, "error": "The edit was not saved: fix the problems below first.",
                                  "problems": [_problem(p) for p in draft.problems]}, status_code=422)
@@ -250,16 +249,6 @@ def _saved_rubric(store: RubricStore, rubric_id: str) -> Rubric | None:
         return load_rubric_folder(store.folder(rubric_id))
     except RubricError:
         return None
-
-
-def _stale_message(store: RubricStore, rubric_id: str) -> str:
-    text, _ = store.read(rubric_id)
-    latest = next(iter(store.history(rubric_id)), None)
-    who = f" by {latest.author}" if latest and latest.author else ""
-    note = f" (\u201c{latest.note}\u201d)" if latest and latest.note else ""
-    return (f"Not saved: this rubric was changed after you opened it; it is now version {_version_of(text)}"
-            f"{who}{note}. Your edit is still in this page. Open the rubric again in a new tab to see the other "
-            "change, then make your edit there.")
 
 
 def _version_of(text: str) -> str:

@@ -373,6 +373,15 @@ class RubricStore:
         return self._commit(rubric_id, text, base_sha=base_sha, bump=bump, note=_clean_note(note),
                             author=_clean_author(author), validate=validate, restored_from=None)
 
+    def check_fresh(self, rubric_id: str, base_sha: str) -> None:
+        """Raise StaleVersion (with the message a save would give) if the file is no longer the one the
+        editor loaded. save() checks again under the lock; this lets the editor stop before it applies
+        a form to a file it was not built from."""
+        folder = self.folder(rubric_id)
+        current = self._on_disk(folder)
+        if current.sha256 != str(base_sha).strip().lower():
+            raise StaleVersion(self._stale_message(rubric_id, current, self._recorded(folder).get(current.version)))
+
     def restore(self, rubric_id: str, version: str, *, base_sha: str, note: str, author: str | None,
                 validate: Callable[[str], None]) -> VersionEntry:
         """Bring back an old version's content as a new minor version; history is never rewritten."""
