@@ -78,7 +78,26 @@ def score(
     concurrency: ConcurrencyOpt = 8,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, max=64, help="Processes sharing the run (default: one per 8 calls in flight, "
-        "up to twice the cores); the concurrency limit is split between them.")] = None,
+        "up to twice the cores); the concurrency limit is split between them. With --engine ray: the "
+        "actor pool's size (default 2), the limits held once for the whole pool.")] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="local: this machine's processes. ray: a pool of Ray actors (the psyjudge "
+        "extra named ray), on this machine or the cluster at --address; the same files come out.")] = "local",
+    address: Annotated[str | None, typer.Option(
+        "--address", help="With --engine ray: the cluster to join ('auto', or ray://HOST:10001); default: "
+        "start Ray on this machine for the run.")] = None,
+    rps: Annotated[float | None, typer.Option(
+        "--rps", help="With --engine ray: judge requests per second across all "
+        "workers (with --concurrency, one limit for the whole pool).")] = None,
+    ray_gpus_per_worker: Annotated[float | None, typer.Option(
+        "--ray-gpus-per-worker", min=0.0, help="With --engine ray: GPUs reserved for each actor (default 0).")] = None,
+    ray_cpus_per_worker: Annotated[float | None, typer.Option(
+        "--ray-cpus-per-worker", help="With --engine ray: CPUs reserved for each actor (default 1).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help="With --engine ray: records per batch sent to an actor (default 64).")] = None,
+    parts_format: Annotated[str | None, typer.Option(
+        "--parts-format", help="With --engine ray: parquet (default) or jsonl, for the per-batch files under "
+        "OUT/parts/.")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rescore ERROR verdicts.")] = False,
     column: ColumnOpt = None,
     input_format: FormatOpt = None,
@@ -110,17 +129,30 @@ def score(
 
     columns = input_columns(column, input_format)
     plan = build_plan(tiers, mode, strict, rules_threshold, no_programs, classifier_model, classifier_runtime)
+    ray_options = _ray_options(engine, address, workers, rps, ray_gpus_per_worker, ray_cpus_per_worker, batch_size,
+                               parts_format)
     rubrics = [_rubric(ref, rubrics_dir) for ref in rubric]
     options = _judge_options(api_base, api_key, concurrency, max_attempts, timeout, cache_dir, no_cache,
                              samples=samples, sample_temperature=sample_temperature, review_below=review_below,
                              local_only=local_only, redact=redact, keep_pii=keep_pii)
     with judging(plan, judge, options, rubrics) as (config, description):
         typer.echo(f"mode: {plan.mode}; tiers: {', '.join(plan.tiers)}; judge: {description}"
-                   f"{'; local only' if config.local_only else ''}{'; redacted' if config.redact else ''}", err=True)
+                   f"{'; local only' if config.local_only else ''}{'; redacted' if config.redact else ''}"
+                   f"{f'; engine ray, {ray_options.workers} workers' if ray_options else ''}", err=True)
         try:
-            outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
-                                retry_errors=retry_errors, progress=progress, workers=workers,
-                                judge_description=description, plan=plan)
+            if ray_options is not None:
+                from judge.ray_engine import RayEngineError, run_score_ray
+
+                try:
+                    outcome = run_score_ray(input_path, rubrics, out, config, ray_options, columns=columns,
+                                            input_format=input_format, retry_errors=retry_errors,
+                                            progress=progress, judge_description=description, plan=plan)
+                except RayEngineError as exc:
+                    _fail(str(exc), EXIT_FAILED)
+            else:
+                outcome = run_score(input_path, rubrics, out, config, columns=columns, input_format=input_format,
+                                    retry_errors=retry_errors, progress=progress, workers=workers,
+                                    judge_description=description, plan=plan)
         except InputError as exc:
             _fail(str(exc), EXIT_INPUT)
     s = outcome.summary
@@ -147,9 +179,38 @@ def score(
                f"quarantine: {out / 'quarantine.jsonl'}")
     if "by_record" in s:
         typer.echo(f"records:    {out / 'record_verdicts.jsonl'}")
+    if "ray" in run:
+        typer.echo(f"parts:      {run['ray']['parts_dir']} ({run['ray']['parts_written']} written now)")
 
 
 SHOW_AT_MOST = 25
+
+
+def _ray_options(engine: str, address: str | None, workers: int | None, rps: float | None, gpus: float | None,
+                 cpus: float | None, batch_size: int | None, parts_format: str | None) -> Any:
+    """The Ray engine's options (a judge.ray_engine.RayOptions), or None for the local engine; an
+    option that only the Ray engine reads is a usage error without it."""
+    if engine not in ("local", "ray"):
+        _fail(f"--engine: unknown engine {engine!r}; expected local or ray", EXIT_USAGE)
+    options: dict[str, tuple[str, Any]] = {
+        "address": ("--address", address), "rps": ("--rps", rps), "gpus_per_worker": ("--ray-gpus-per-worker", gpus),
+        "cpus_per_worker": ("--ray-cpus-per-worker", cpus), "batch_size": ("--batch-size", batch_size),
+        "parts_format": ("--parts-format", parts_format)}
+    given = {field: (flag, value) for field, (flag, value) in options.items() if value is not None}
+    if engine == "local":
+        if given:
+            _fail(f"{', '.join(flag for flag, _ in given.values())}: only with --engine ray", EXIT_USAGE)
+        return None
+    from pydantic import ValidationError
+
+    from judge.ray_engine import RayOptions  # pydantic only: Ray itself is imported when the run starts
+
+    try:
+        return RayOptions(workers=workers or 2, **{field: value for field, (_, value) in given.items()})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = given.get(str(first["loc"][0]), (str(first["loc"][0]), None))[0]
+        _fail(f"{flag}: {first['msg']}", EXIT_USAGE)
 
 
 def _ledger_line(c: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ is set, so importing psyjudge never reaches the network for litellm's price list
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -15,9 +16,10 @@ import os
 import random
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import Field, SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -218,15 +220,27 @@ def _cost(litellm: Any, response: Any) -> tuple[float, bool]:
         return 0.0, False
 
 
+class CallLimiter(Protocol):
+    """A limit on provider requests shared beyond this process (judge.ratelimit holds the one a Ray
+    run shares across its workers). acquire() waits for room for one request and returns a permit;
+    release(permit) gives the room back once the reply (or the failure) is in."""
+
+    async def acquire(self) -> Any: ...
+
+    async def release(self, permit: Any) -> None: ...
+
+
 class JudgeModel:
     """One judge model. Safe to share across concurrent tasks in one event loop."""
 
     def __init__(self, config: JudgeConfig, cache: JsonCache | None = None,
-                 redactor: Redacting | None = None) -> None:
+                 redactor: Redacting | None = None, limiter: CallLimiter | None = None) -> None:
         self.config = config
         self.cache = cache if cache is not None else (JsonCache(config.cache_dir) if config.use_cache else None)
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._redactor = redactor
+        self.limiter = limiter
+        """When set, every request (each retry too) waits on it instead of this process's semaphore."""
         self.calls = 0  # requests that reached the provider, retries included
         self.cache_hits = 0
 
@@ -286,6 +300,20 @@ class JudgeModel:
             sem = self._semaphores[self.provider] = asyncio.Semaphore(self.config.concurrency)
         return sem
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Room for one provider request: the shared limiter when there is one (it holds the run's
+        concurrency and rate across processes and machines), else this process's per-provider semaphore."""
+        if self.limiter is None:
+            async with self._semaphore():
+                yield
+            return
+        permit = await self.limiter.acquire()
+        try:
+            yield
+        finally:
+            await self.limiter.release(permit)
+
     def params(self, response_format: dict[str, Any] | None, temperature: float | None = None) -> dict[str, Any]:
         """The parameters that change an answer, and so enter the cache key. `temperature` overrides
         the configured one (the LLM tier's samples use `sample_temperature`)."""
@@ -339,7 +367,7 @@ class JudgeModel:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    async with self._semaphore():
+                    async with self._slot():
                         self.calls += 1
                         response = await litellm.acompletion(
                             model=self.config.model,

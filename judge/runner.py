@@ -25,7 +25,7 @@ from tqdm import tqdm
 from judge.atomic import append_line, cut_torn_tail, ensure_private_dir, write_text_atomic
 from judge.cascade import Cascade, CascadeConfig, combine_verdicts
 from judge.datasets import LabelledRow
-from judge.ingest import ColumnMap, read_records, records_from_frame, write_quarantine
+from judge.ingest import ColumnMap, IngestResult, read_records, records_from_frame, write_quarantine
 from judge.ledger import SampleVote, TierSpend, spends_of, summarise_agreement, summarise_ledgers, vote_of
 from judge.models import DEFAULT_REVIEW_BELOW, JudgeConfig, JudgeModel
 from judge.rubrics import Rubric, example_records
@@ -239,15 +239,26 @@ def verdict_row(verdict: Verdict) -> dict[str, Any]:
     }
 
 
+RECORD_COLUMN = "__psyjudge_record__"
+"""A frame column of Record JSON: rows that a driver has already read and checked (judge.ray_engine),
+judged as they are. Re-reading them from input columns could change them (a frame pads every row to
+the same columns and turns integers with gaps into floats), and with them their content hash."""
+
+
 def score_frame(frame: pd.DataFrame, rubrics: Sequence[Rubric], cascade: Cascade,
                 concurrency: int = 8, columns: ColumnMap | None = None) -> pd.DataFrame:
     """Judge every row of `frame` under every rubric: one output row per (record, rubric), with
     `record_label` the record's label across all the rubrics (the most severe that applies).
 
-    The frame has the columns of an input file (id, messages or prompt/response, region, ...).
-    No files, no global state: the same call runs per partition on Ray Data or Dask. A row that
-    cannot be read is not dropped: it comes back with no label and the quarantine reason."""
-    ingested = records_from_frame(frame, columns)
+    The frame has the columns of an input file (id, messages or prompt/response, region, ...), or a
+    RECORD_COLUMN of records already read. No files, no global state: the same call runs per
+    partition on Ray Data or Dask. A row that cannot be read is not dropped: it comes back with no
+    label and the quarantine reason."""
+    if RECORD_COLUMN in frame.columns:
+        ingested = IngestResult([Record.model_validate_json(text) for text in frame[RECORD_COLUMN]], [],
+                                len(frame), 0)
+    else:
+        ingested = records_from_frame(frame, columns)
     pairs = [(record, rubric) for record in ingested.records for rubric in rubrics]
 
     verdicts = judge_all(pairs, cascade, concurrency)
