@@ -53,17 +53,14 @@ from judge.rubrics import RUBRIC_FILE, Rubric, RubricError, load_rubric_folder
 from judge.runner import (
     QUARANTINE_FILE,
     RECORD_COLUMN,
-    RECORD_VERDICTS_FILE,
     RESULTS_FILE,
-    SUMMARY_FILE,
     Key,
     ResultsStore,
     RunOutcome,
     build_cascade,
-    record_verdicts,
+    finish_run,
     score_frame,
     summarise,
-    write_json_atomic,
 )
 from judge.schema import Record, Strict, Verdict
 
@@ -375,20 +372,7 @@ def run_score_ray(
                     "parts_dir": str(out_dir / PARTS_DIR), "rate_limit": limit},
         },
     }, mode=plan.mode, tiers=list(plan.tiers), samples=judge.samples, review_below=judge.review_below)
-    if len(rubrics) > 1:
-        by_record: Counter[str] = Counter()
-
-        def lines() -> Iterator[str]:
-            for verdict in record_verdicts(store, [r.id for r in ingested.records], rubrics):
-                by_record[verdict.label_name] += 1
-                yield verdict.model_dump_json() + "\n"
-
-        write_text_atomic(out_dir / RECORD_VERDICTS_FILE, lines())
-        summary["by_record"] = dict(by_record)
-    else:
-        (out_dir / RECORD_VERDICTS_FILE).unlink(missing_ok=True)
-    write_json_atomic(out_dir / SUMMARY_FILE, summary)
-    return RunOutcome(out_dir, summary)
+    return finish_run(out_dir, store, [r.id for r in ingested.records], rubrics, summary)
 
 
 def _execute(todo: Sequence[tuple[Record, Rubric]], store: ResultsStore, out_dir: Path, judge: JudgeConfig,

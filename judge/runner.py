@@ -442,11 +442,18 @@ def run_score(
         tiers=list(used_plan.tiers) if used_plan is not None else
         ([t.name for t in cascade.tiers] if cascade is not None else []),
         samples=judge.samples, review_below=judge.review_below)
+    return finish_run(out_dir, store, [r.id for r in ingested.records], rubrics, summary)
+
+
+def finish_run(out_dir: Path, store: ResultsStore, record_ids: Sequence[str], rubrics: Sequence[Rubric],
+               summary: dict[str, Any]) -> RunOutcome:
+    """The end of a scoring run, whichever engine ran it: the combined per-record verdicts when there
+    are several rubrics, then summary.json."""
     if len(rubrics) > 1:
         by_record: Counter[str] = Counter()
 
         def lines() -> Iterator[str]:
-            for verdict in record_verdicts(store, [r.id for r in ingested.records], rubrics):
+            for verdict in record_verdicts(store, record_ids, rubrics):
                 by_record[verdict.label_name] += 1
                 yield verdict.model_dump_json() + "\n"
 

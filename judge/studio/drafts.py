@@ -22,7 +22,7 @@ those of an included partial (`_shared/`) are shown, not changed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,31 @@ class _Applier:
         seq: CommentedSeq = doc[key]
         return seq
 
+    def _walk(self, seq: CommentedSeq, entries: list[tuple[int, dict[str, Any]]], needed: tuple[str, ...],
+              key: str) -> Iterator[tuple[int, dict[str, Any], CommentedMap]]:
+        """The form's entries of one list with the file's entry each edits: a form index past the end
+        is a new entry (skipped while all of `needed` are blank), `delete` removes one. Once the walk
+        is over, the list's index map (draft position -> form index) is recorded under `key`."""
+        origin = list(range(len(seq)))
+        doomed: list[int] = []
+        for index, entry in entries:
+            if index >= len(seq):
+                if entry.get("delete") or not any(str(entry.get(k, "")).strip() for k in needed):
+                    continue
+                seq.append(CommentedMap())
+                origin.append(index)
+                at = len(seq) - 1
+            else:
+                at = index
+            if entry.get("delete"):
+                doomed.append(at)
+                continue
+            node = seq[at]
+            if not isinstance(node, CommentedMap):
+                raise _FormError(f"{key}.{index}", "this entry is not a mapping in the file; fix it there")
+            yield index, entry, node
+        self.index_maps[key] = _drop(seq, origin, doomed)
+
     def _lexicons(self, doc: CommentedMap) -> None:
         entries = _indexed(self.form.get("lexicons"))
         if not entries:
@@ -226,23 +251,7 @@ class _Applier:
         if not entries:
             return
         seq = self._list(doc, "sub_questions")
-        origin = list(range(len(seq)))
-        doomed: list[int] = []
-        for index, entry in entries:
-            if index >= len(seq):
-                if entry.get("delete") or not any(str(entry.get(k, "")).strip() for k in ("id", "text")):
-                    continue
-                seq.append(CommentedMap())
-                origin.append(index)
-                index_in_doc = len(seq) - 1
-            else:
-                index_in_doc = index
-            if entry.get("delete"):
-                doomed.append(index_in_doc)
-                continue
-            node = seq[index_in_doc]
-            if not isinstance(node, CommentedMap):
-                raise _FormError(f"sub_questions.{index}", "this entry is not a mapping in the file; fix it there")
+        for _index, entry, node in self._walk(seq, entries, ("id", "text"), "sub_questions"):
             for key in ("id", "text", "guidance", "rationale", "source"):
                 _set_text(node, key, entry.get(key), optional=key == "guidance")
             lexicon = entry.get("lexicon")
@@ -259,7 +268,6 @@ class _Applier:
                         node["allows_na"] = True
                     else:
                         del node["allows_na"]
-        self.index_maps["sub_questions"] = _drop(seq, origin, doomed)
 
     def _verdict(self, doc: CommentedMap) -> None:
         form = self.form.get("verdict")
@@ -283,21 +291,7 @@ class _Applier:
         if not isinstance(verdict.get("rules"), list):
             verdict["rules"] = CommentedSeq()
         rules: CommentedSeq = verdict["rules"]
-        origin = list(range(len(rules)))
-        doomed: list[int] = []
-        for index, entry in entries:
-            if index >= len(rules):
-                if entry.get("delete") or not str(entry.get("name", "")).strip():
-                    continue
-                rules.append(CommentedMap())
-                origin.append(index)
-                at = len(rules) - 1
-            else:
-                at = index
-            if entry.get("delete"):
-                doomed.append(at)
-                continue
-            node = rules[at]
+        for index, entry, node in self._walk(rules, entries, ("name",), "verdict.rules"):
             _set_text(node, "name", entry.get("name"))
             if "label" in entry and node.get("label") != entry["label"]:
                 node["label"] = entry["label"]
@@ -308,28 +302,13 @@ class _Applier:
                 if plain(condition) != plain(node.get("when")):
                     node["when"] = condition
             _set_text(node, "because", entry.get("because"), optional=True)
-        self.index_maps["verdict.rules"] = _drop(rules, origin, doomed)
 
     def _examples(self, doc: CommentedMap) -> None:
         entries = _indexed(self.form.get("examples"))
         if not entries:
             return
         seq = self._list(doc, "examples")
-        origin = list(range(len(seq)))
-        doomed: list[int] = []
-        for index, entry in entries:
-            if index >= len(seq):
-                if entry.get("delete") or not str(entry.get("id", "")).strip():
-                    continue
-                seq.append(CommentedMap())
-                origin.append(index)
-                at = len(seq) - 1
-            else:
-                at = index
-            if entry.get("delete"):
-                doomed.append(at)
-                continue
-            node = seq[at]
+        for _index, entry, node in self._walk(seq, entries, ("id",), "examples"):
             for key in ("id", "description", "region"):
                 _set_text(node, key, entry.get(key), optional=key != "id")
             if "turns" in entry:
@@ -348,7 +327,6 @@ class _Applier:
             if "expected" in entry and node.get("expected") != entry["expected"]:
                 node["expected"] = entry["expected"]
             self._answers(node, entry.get("answers"))
-        self.index_maps["examples"] = _drop(seq, origin, doomed)
 
     @staticmethod
     def _answers(node: CommentedMap, form: Any) -> None:
