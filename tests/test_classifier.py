@@ -788,3 +788,23 @@ def test_an_export_outside_its_tolerance_is_not_registered(minilm_heads: dict[st
     with torch_threads(1), pytest.raises(ValueError, match="onnx-int8 export differs from torch"):
         export_onnx(folder, tolerance_int8=1e-9)
     assert read_manifest(folder).onnx is None
+
+
+def test_the_device_is_chosen_and_a_missing_gpu_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from judge.classifier.backends import DEVICE_ENV, torch_device
+
+    torch = torch_module()
+    monkeypatch.setenv(DEVICE_ENV, "auto")
+    assert torch_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert torch_device().type == "cpu"
+    monkeypatch.setenv(DEVICE_ENV, "tpu")
+    with pytest.raises(ClassifierUnavailable, match="expected auto, cpu, cuda or cuda:N"):
+        torch_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for wanted in ("cuda", "cuda:1"):
+        monkeypatch.setenv(DEVICE_ENV, wanted)
+        with pytest.raises(ClassifierUnavailable, match="sees no CUDA device"):
+            torch_device()
+    monkeypatch.setenv(DEVICE_ENV, "auto")
+    assert torch_device().type == "cpu"  # with no GPU, auto is the CPU, never an error

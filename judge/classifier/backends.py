@@ -74,6 +74,35 @@ def torch_module() -> Any:
     return torch
 
 
+DEVICE_ENV = "PSYJUDGE_CLASSIFIER_DEVICE"
+"""Where torch runs the classifier: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.
+A Ray actor given GPUs (--ray-gpus-per-worker) sees exactly those, so auto uses them."""
+
+
+def torch_device() -> Any:
+    """The torch device the classifier runs on. A GPU asked for by name but not there is an error, not
+    a silent fall back to the CPU (a run sized for a GPU would crawl)."""
+    torch = torch_module()
+    wanted = os.environ.get(DEVICE_ENV, "auto").strip().lower() or "auto"
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if wanted == "cuda" or (wanted.startswith("cuda:") and wanted[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ClassifierUnavailable(f"{DEVICE_ENV}={wanted}, but torch sees no CUDA device here "
+                                        "(set it to auto or cpu)")
+        if ":" in wanted and int(wanted[5:]) >= torch.cuda.device_count():
+            raise ClassifierUnavailable(f"{DEVICE_ENV}={wanted}, but torch sees {torch.cuda.device_count()} "
+                                        "CUDA device(s)")
+        return torch.device(wanted)
+    raise ClassifierUnavailable(f"{DEVICE_ENV}: expected auto, cpu, cuda or cuda:N, got {wanted!r}")
+
+
+def _on(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
 def transformers_module() -> Any:
     torch_module()
     try:
@@ -145,14 +174,15 @@ class TorchEncoder:
         self.folder, self.pooling, self.normalise = folder, pooling, normalise
         self.max_length, self.batch_size = max_length, batch_size
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-        self.model = transformers.AutoModel.from_pretrained(str(folder)).eval()
+        self.device = torch_device()
+        self.model = transformers.AutoModel.from_pretrained(str(folder)).eval().to(self.device)
         self.dim = int(self.model.config.hidden_size)
 
     def hidden(self, batch: dict[str, Any]) -> np.ndarray:
         torch = torch_module()
         with torch.inference_mode():
-            out = self.model(**batch).last_hidden_state
-        result: np.ndarray = out.float().numpy()
+            out = self.model(**_on(batch, self.device)).last_hidden_state
+        result: np.ndarray = out.float().cpu().numpy()
         return result
 
     def tokenize(self, texts: Sequence[str], tensors: str) -> dict[str, Any]:
@@ -240,7 +270,9 @@ class TorchSequence:
         transformers = transformers_module()
         self.folder, self.max_length, self.batch_size = folder, max_length, batch_size
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-        self.model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+        self.device = torch_device()
+        self.model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval().to(
+            self.device)
 
     def raw_labels(self) -> list[str]:
         config = self.model.config
@@ -252,7 +284,7 @@ class TorchSequence:
         for idx in _length_batches([len(i.context) + len(i.response) for i in inputs], self.batch_size):
             batch = pair_batch(self.tokenizer, [inputs[i] for i in idx], self.max_length, "pt")
             with torch.inference_mode():
-                out[idx] = self.model(**batch).logits.float().numpy()
+                out[idx] = self.model(**_on(batch, self.device)).logits.float().cpu().numpy()
         return out
 
 

@@ -107,13 +107,17 @@ def export_onnx(folder: Path, int8: bool = True, inputs: Sequence[ModelInput] | 
     manifest = read_manifest(folder)
     torch_classifier = Classifier.load(folder, "torch")
     backend = torch_classifier.backend
+    owner: TorchEncoder | TorchSequence
     if manifest.backend == "head":
         encoder = getattr(backend, "encoder", None)
         assert isinstance(encoder, TorchEncoder)
-        module, tokenizer, output = encoder.model, encoder.tokenizer, "last_hidden_state"
+        owner, tokenizer, output = encoder, encoder.tokenizer, "last_hidden_state"
     else:
         assert isinstance(backend, TorchSequence)
-        module, tokenizer, output = backend.model, backend.tokenizer, "logits"
+        owner, tokenizer, output = backend, backend.tokenizer, "logits"
+    # ONNX Runtime here runs on the CPU: export from, and compare against, the model on the CPU too.
+    owner.device = torch_module().device("cpu")
+    module = owner.model.to(owner.device)
     sample = tokenizer(["a short text", "a somewhat longer text to pad the batch"], padding=True, return_tensors="pt")
     names = [n for n in tokenizer.model_input_names if n in sample]
     _export_module(module, names, dict(sample), output, folder / FP32_FILE)
