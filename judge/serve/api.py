@@ -19,13 +19,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, create_model
 
 from judge.schema import AnswerValue, LedgerOutcome, Strict
+from judge.tiers.llm import REGION_PATTERN
 
 NOT_BLANK = r"[^\s\x1c-\x1f]"
 """A JSON-schema pattern (a search, not anchored): at least one character that is not white space."""
 
-REGION = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
+REGION = f"^{REGION_PATTERN}$"
 """A country code or a locale tag, and nothing else: the region is shown to the LLM judge outside the
-delimited response, so free text there would be a way to talk to the judge."""
+delimited response, so free text there is refused with a 422 (the prompt would show it as "unknown")."""
 
 def _not_bool(value: Any) -> Any:
     # JSON's true is not 1 ms, though pydantic would read it so; 120.0 is the integer JSON says it is.

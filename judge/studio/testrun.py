@@ -200,12 +200,27 @@ class CaseRunner:
         self.tiers = tiers
         self.data_path = data_path
         self.concurrency = concurrency
-        self._saved: dict[tuple[str, int], list[CaseOutcome]] = {}
+        self._saved: dict[tuple[str, tuple[str, int, int] | None], list[CaseOutcome]] = {}
+        self._data: dict[tuple[str, int, int], DataSample] = {}
         self._lock = asyncio.Lock()
 
+    def _sample(self, rubric_id: str, size: int) -> tuple[tuple[str, int, int] | None, DataSample | None]:
+        """The data sample and its key, read once per rubric and size while the file is unchanged (a chat
+        log can be large, and a clinician runs the test after every few edits)."""
+        if self.data_path is None or size <= 0:
+            return None, None
+        try:
+            stamp = self.data_path.stat().st_mtime_ns
+        except OSError:
+            stamp = -1
+        key = (rubric_id, size, stamp)
+        if key not in self._data:
+            self._data[key] = load_data(self.data_path, rubric_id, size)
+        return key, self._data[key]
+
     async def run(self, saved: Rubric, draft: Rubric, sample: int) -> RunReport:
-        data = load_data(self.data_path, saved.id, sample) if self.data_path is not None and sample > 0 else None
-        key = (saved.sha256, sample)
+        data_key, data = self._sample(saved.id, sample)
+        key = (saved.sha256, data_key)
         async with self._lock:  # one test run at a time: the tiers share a judge and two cores
             if key not in self._saved:
                 self._saved[key] = await score(saved, self.cascade, data, self.concurrency)

@@ -194,7 +194,9 @@ def build_messages(record: Record, rubric: Rubric,
     return messages, shown, stripped.text if stripped.changed else None
 
 
-_REGION = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
+REGION_PATTERN = r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3}"
+"""A country code or a locale tag: the only regions the judge is shown (and the guardrail accepts)."""
+_REGION = re.compile(REGION_PATTERN)
 
 
 def shown_region(region: str | None) -> str:
